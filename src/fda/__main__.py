@@ -1,0 +1,3 @@
+from fda.cli import main
+
+raise SystemExit(main())

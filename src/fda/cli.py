@@ -1,0 +1,146 @@
+"""The `fda` command: train, report, data, preflight.
+
+Exit codes: 0 success; 1 a run failed (the log says status=failed); 2 bad input
+(a setting, a file, a directory), reported once, the same on every rank, before training.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from fda.config import FIELD_NAMES, ConfigError, make_config
+
+
+def _rank() -> int:
+    from mpi4py import MPI
+    return MPI.COMM_WORLD.Get_rank()
+
+
+def _say_error(message: str) -> None:
+    if _rank() == 0:
+        print(f"fda: error: {message}", file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fda", description="Federated Dynamic Averaging over MPI.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model on K workers (launch with mpiexec -n K)",
+                       description="Train with FDA or a baseline. Settings: " + ", ".join(FIELD_NAMES))
+    t.add_argument("--config", help="YAML file of settings (sections may group them)")
+    t.add_argument("--out", help="run directory (default: runs/<strategy>-<dataset>-seed<seed>)")
+    t.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("settings", nargs="*", metavar="KEY=VALUE", help="setting overrides")
+
+    r = sub.add_parser("report", help="plots and a comparison table from run logs")
+    r.add_argument("runs", nargs="+", help="run directories or their metrics.h5")
+    r.add_argument("--target-acc", type=float, default=None, help="accuracy to reach (default: from the runs)")
+    r.add_argument("--out", default=None, help="where to write plots and tables (default: report/)")
+
+    d = sub.add_parser("data", help="dataset tools")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    info = dsub.add_parser("info", help="each worker's sample count and label histogram")
+    info.add_argument("settings", nargs="*", metavar="KEY=VALUE",
+                      help="dataset, data_dir, partition, workers (K), seed and partition parameters")
+    info.add_argument("--config")
+    fetch = dsub.add_parser("fetch", help="download a dataset into data/ (needs internet)")
+    fetch.add_argument("name")
+    fetch.add_argument("--dest", default="data")
+
+    pf = sub.add_parser("preflight", help="check MPI, devices, kernels, data and output before a job")
+    pf.add_argument("--config")
+    pf.add_argument("--out", default=None)
+    pf.add_argument("settings", nargs="*", metavar="KEY=VALUE")
+    return p
+
+
+def cmd_train(args) -> int:
+    from fda import checkpoint, train
+    from fda.synchronizer import CollectiveError
+
+    try:
+        if args.resume:
+            if args.out and args.out != args.resume:
+                raise ConfigError("give the run directory once: --resume DIR (without --out)")
+            stored = checkpoint.read_config(args.resume)
+            cfg = stored
+            if args.config or args.settings:
+                cfg = make_config(stored.model_dump(), file=args.config, overrides=args.settings)
+                if cfg != stored:
+                    raise ConfigError(f"the run in {args.resume} has a different configuration; "
+                                      "resume it without changing settings")
+            out = args.resume
+        else:
+            cfg = make_config(file=args.config, overrides=args.settings)
+            out = args.out or f"runs/{cfg.strategy}-{cfg.dataset}-seed{cfg.seed}"
+    except ConfigError as e:
+        _say_error(str(e))
+        return 2
+
+    import fda
+    try:
+        ctx = fda.init(seed=cfg.seed, device=cfg.device, threads=cfg.threads,
+                       workers_per_rank=cfg.workers_per_rank, gpu_aware_mpi=cfg.gpu_aware_mpi)
+    except ValueError as e:
+        _say_error(str(e))
+        return 2
+    try:
+        summary = train.run(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, ctx=ctx,
+                            progress=not args.no_progress)
+    except ConfigError as e:
+        _say_error(str(e))
+        return 2
+    except CollectiveError as e:
+        _say_error(str(e))
+        return 1
+    except Exception as e:  # one rank failed: end them all, rank 0 marks the log failed
+        traceback.print_exc()
+        ctx.world.fail(f"{type(e).__name__}: {e}")
+        return 1
+    if ctx.is_root:
+        print(train.format_summary(summary), flush=True)
+    ctx.world.stop_watching()
+    return 0
+
+
+def cmd_data(args) -> int:
+    from fda.data import DatasetError, data_info, fetch
+
+    try:
+        if args.data_command == "fetch":
+            path = fetch(args.name, args.dest)
+            print(f"fda: {args.name} is ready in {path}")
+            return 0
+        settings = dict(s.split("=", 1) for s in args.settings if "=" in s)
+        workers = int(settings.pop("workers", settings.pop("K", 4)))
+        cfg = make_config(file=args.config, overrides=[f"{k}={v}" for k, v in settings.items()])
+        print(data_info(cfg.dataset, cfg.data_dir, workers, cfg.partition, cfg.seed,
+                        noniid_fraction=cfg.noniid_fraction, label_value=cfg.label_value,
+                        dirichlet_alpha=cfg.dirichlet_alpha))
+        return 0
+    except (ConfigError, DatasetError, ValueError) as e:
+        print(f"fda: error: {e}", file=sys.stderr)
+        return 2
+
+
+def cmd_report(args) -> int:
+    from fda import report
+    return report.main(args)
+
+
+def cmd_preflight(args) -> int:
+    from fda import preflight
+    return preflight.main(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"train": cmd_train, "data": cmd_data, "report": cmd_report, "preflight": cmd_preflight}
+    return handler[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""The only module that speaks MPI.
+
+World and node-local ranks, rank -> device binding, flat-buffer collectives with
+byte accounting, and the failure path: an exception on any rank ends every rank
+promptly (never a hang), after rank 0 has marked the log as failed.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+_ERR_TAG = 77
+_ACK_TAG = 78
+_OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
+
+
+def mpi_cuda_support() -> bool:
+    """True when the loaded MPI library says it can take CUDA device pointers."""
+    for name in ("MPIX_Query_cuda_support",):
+        try:
+            fn = getattr(ctypes.CDLL(None), name)
+        except (AttributeError, OSError):
+            continue
+        fn.restype = ctypes.c_int
+        try:
+            return bool(fn())
+        except Exception:  # pragma: no cover - a broken MPI library
+            return False
+    return False
+
+
+def cpu_threads_for_rank(local_size: int) -> int:
+    """Cores given to this rank: the launcher's CPU binding if it set one, else a fair share."""
+    try:
+        mine = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        mine = os.cpu_count() or 1
+    total = os.cpu_count() or mine
+    if mine < total:  # srun --cpus-per-task / mpirun --bind-to bound us: use what we were given
+        return max(1, mine)
+    return max(1, total // max(1, local_size))
+
+
+@dataclass
+class ByteCounter:
+    """Bytes that MPI calls moved, summed over ranks, by purpose."""
+    by_kind: dict = field(default_factory=dict)
+
+    def add(self, kind: str, nbytes: int) -> None:
+        self.by_kind[kind] = self.by_kind.get(kind, 0) + nbytes
+
+    def get(self, kind: str) -> int:
+        return self.by_kind.get(kind, 0)
+
+
+class RemoteFailure(RuntimeError):
+    pass
+
+
+class Comm:
+    """An MPI communicator with the operations the trainer needs.
+
+    Collective byte accounting (`bytes`): an Allreduce of n bytes over P ranks is
+    counted as 2*n*P, every rank's buffer up and the result down, which is the
+    paper's model applied to the buffers the calls really passed.
+    """
+
+    def __init__(self, comm: MPI.Comm | None = None, *, gpu_aware: str = "auto"):
+        self.comm = comm if comm is not None else MPI.COMM_WORLD
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+        self.host = socket.gethostname()
+        local = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        self.local_rank = local.Get_rank()
+        self.local_size = local.Get_size()
+        local.Free()
+        self.bytes = ByteCounter()
+        self.cuda_aware = self._resolve_gpu_aware(gpu_aware)
+        self._staging: dict = {}
+        self._watcher: _FailureWatcher | None = None
+
+    # ------------------------------------------------------------------ set-up
+    def _resolve_gpu_aware(self, mode: str) -> bool:
+        supported = mpi_cuda_support()
+        if mode == "true" and not supported:
+            raise ValueError("gpu_aware_mpi=true, but this MPI library does not report CUDA support "
+                             "(MPIX_Query_cuda_support); use gpu_aware_mpi=auto or false")
+        return supported if mode == "auto" else mode == "true"
+
+    def device_for_rank(self, requested: str = "auto") -> torch.device:
+        """Node-local rank -> CUDA device (round robin), or the CPU."""
+        if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+            return torch.device("cpu")
+        if not torch.cuda.is_available():
+            raise ValueError("device=cuda, but torch sees no CUDA device on " + self.host)
+        index = self.local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+
+    # ------------------------------------------------------------- collectives
+    def _host_view(self, t: torch.Tensor) -> tuple[np.ndarray | torch.Tensor, torch.Tensor | None]:
+        """What to hand MPI: the tensor itself, or a pinned host copy when MPI can't read GPU memory."""
+        if t.device.type == "cpu":
+            return t.numpy(), None
+        if self.cuda_aware:
+            torch.cuda.current_stream().synchronize()
+            return t, None
+        key = (t.numel(), t.dtype)
+        host = self._staging.get(key)
+        if host is None:
+            host = torch.empty(t.numel(), dtype=t.dtype, pin_memory=True)
+            self._staging[key] = host
+        host.copy_(t.reshape(-1))
+        return host.numpy(), host
+
+    def allreduce_(self, t: torch.Tensor, op: str = "sum", kind: str = "train") -> torch.Tensor:
+        """In-place Allreduce of one contiguous tensor."""
+        if not t.is_contiguous():
+            raise ValueError("allreduce_ needs a contiguous tensor")
+        buf, staged = self._host_view(t)
+        self.comm.Allreduce(MPI.IN_PLACE, buf, op=_OPS[op])
+        if staged is not None:
+            t.copy_(staged.view_as(t))
+        self.bytes.add(kind, 2 * t.numel() * t.element_size() * self.size)
+        return t
+
+    def bcast_(self, t: torch.Tensor, root: int = 0, kind: str = "setup") -> torch.Tensor:
+        buf, staged = self._host_view(t)
+        self.comm.Bcast(buf, root=root)
+        if staged is not None:
+            t.copy_(staged.view_as(t))
+        self.bytes.add(kind, t.numel() * t.element_size() * (self.size - 1))
+        return t
+
+    def allreduce_values(self, values, op: str = "sum", kind: str = "log") -> np.ndarray:
+        """Allreduce a few float64 numbers (losses, counts)."""
+        arr = np.ascontiguousarray(values, dtype=np.float64)
+        self.comm.Allreduce(MPI.IN_PLACE, arr, op=_OPS[op])
+        self.bytes.add(kind, 2 * arr.nbytes * self.size)
+        return arr
+
+    def bcast_object(self, obj, root: int = 0):
+        return self.comm.bcast(obj, root=root)
+
+    def allgather_object(self, obj) -> list:
+        return self.comm.allgather(obj)
+
+    def barrier(self) -> None:
+        self.comm.Barrier()
+
+    # ---------------------------------------------------------------- failures
+    def watch_failures(self, on_remote_failure: Callable[[int, str], None] | None = None) -> None:
+        """Start listening for failures announced by other ranks (see `fail`)."""
+        if self._watcher is None and self.size > 1:
+            self._watcher = _FailureWatcher(self, on_remote_failure)
+            self._watcher.start()
+
+    def set_failure_callback(self, cb: Callable[[int, str], None] | None) -> None:
+        if self._watcher is not None:
+            self._watcher.callback = cb
+
+    def fail(self, message: str, exit_code: int = 1, grace_s: float = 10.0) -> None:
+        """End every rank now: print once, tell the others (rank 0 marks the log), then Abort."""
+        print(f"fda: error on rank {self.rank}: {message}", file=sys.stderr, flush=True)
+        if self.size > 1 and self._watcher is not None:
+            self._watcher.announce(message, grace_s)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        self.comm.Abort(exit_code)
+
+    def stop_watching(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+
+
+class _FailureWatcher(threading.Thread):
+    """A daemon thread that polls a private communicator for 'rank r failed: msg'.
+
+    Polling with sleeps (not a blocking receive) keeps it from spinning a core that
+    the training process needs.
+    """
+
+    def __init__(self, owner: Comm, callback):
+        super().__init__(daemon=True, name="fda-failure-watcher")
+        self.owner = owner
+        self.callback = callback
+        self.errcomm = owner.comm.Dup()
+        self._halt = threading.Event()
+        self._buf = bytearray(1 << 16)
+        self._req = self.errcomm.Irecv(self._buf, source=MPI.ANY_SOURCE, tag=_ERR_TAG)
+
+    def run(self) -> None:
+        status = MPI.Status()
+        while not self._halt.is_set():
+            if self._req.Test(status):
+                n = status.Get_count(MPI.BYTE)
+                message = bytes(self._buf[:n]).decode("utf-8", "replace")
+                self._handle(status.Get_source(), message)
+                return
+            time.sleep(0.02)
+
+    def _handle(self, source: int, message: str) -> None:
+        owner = self.owner
+        if owner.rank == 0 and self.callback is not None:
+            try:
+                self.callback(source, message)
+            except Exception as e:  # the log is best effort here; the job must still end
+                print(f"fda: rank 0 could not record the failure: {e}", file=sys.stderr, flush=True)
+        if owner.rank == 0:
+            self.errcomm.Send(b"ok", dest=source, tag=_ACK_TAG)
+            time.sleep(0.2)
+            owner.comm.Abort(1)
+
+    def announce(self, message: str, grace_s: float) -> None:
+        """Tell every other rank; wait (bounded) for rank 0 to record it."""
+        self._halt.set()
+        data = message.encode("utf-8")[: len(self._buf)]
+        reqs = [self.errcomm.Isend(data, dest=r, tag=_ERR_TAG)
+                for r in range(self.owner.size) if r != self.owner.rank]
+        if self.owner.rank != 0:
+            ack = bytearray(8)
+            ack_req = self.errcomm.Irecv(ack, source=0, tag=_ACK_TAG)
+            deadline = time.monotonic() + grace_s
+            while time.monotonic() < deadline and not ack_req.Test():
+                time.sleep(0.01)
+        del reqs
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=1.0)
+        if not self._req.Test():
+            self._req.Cancel()
+            self._req.Wait()
+        self.errcomm.Free()

@@ -1,0 +1,209 @@
+"""Every setting of a run, typed and range-checked before anything starts.
+
+One `Config` model serves the CLI (`fda train KEY=VALUE ...`, YAML files) and the
+library API (`fda.Synchronizer(..., **settings)`), so both accept the same names and
+reject bad values with the same messages.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+STRATEGIES = ("fda", "synchronous", "fedavg", "fedopt", "fda_opt", "kamp")
+MONITORS = ("naive", "linear", "sketch")
+THETA_RULES = {"hpc": 2.7e-5, "balanced": 3.9e-5, "fl": 4.9e-5}  # FDA.md section 6: theta = c * d
+
+
+class ConfigError(ValueError):
+    """A bad setting. Raised identically on every rank, before training starts."""
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    # model and data
+    model: Literal["lenet5", "mlp", "vgg16star", "densenet121", "densenet201", "convnext_large"] = "lenet5"
+    dataset: Literal["fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic"] = "fashion-mnist"
+    data_dir: str | None = None
+    partition: Literal["iid", "noniid", "label", "dirichlet"] = "iid"
+    noniid_fraction: float = Field(0.6, ge=0.0, le=1.0)
+    label_value: int = Field(0, ge=0)
+    dirichlet_alpha: float = Field(1.0, gt=0.0)
+
+    # local training
+    epochs: float = Field(1.0, gt=0.0)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0.0)
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0.0)
+    seed: int = Field(0, ge=0)
+
+    # synchronisation
+    strategy: Literal[STRATEGIES] = "fda"  # type: ignore[valid-type]
+    monitor: Literal[MONITORS] = "sketch"  # type: ignore[valid-type]
+    theta: Union[float, Literal["auto"]] = 1.0
+    theta_profile: Literal["hpc", "balanced", "fl"] = "balanced"
+    tau: int = Field(1, ge=1)
+    check_every: int = Field(1, ge=1)
+    sketch_depth: int = Field(5, ge=1)
+    sketch_width: int = Field(250, ge=1)
+    server_optimizer: Literal["sgd", "sgdm", "adam", "adagrad"] = "sgdm"
+    server_lr: float = Field(0.316, gt=0.0)
+    server_momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    local_epochs: int = Field(1, ge=1)
+    max_epochs: int = Field(10, ge=1)
+    sync_optimizer_state: Literal["keep", "reset", "average"] = "keep"
+    workers_per_rank: int = Field(1, ge=1)
+
+    # evaluation, logging, checkpoints
+    eval_every: int | None = Field(None, ge=1)
+    audit: bool = False
+    checkpoint_every: int | None = Field(None, ge=1)
+    log_flush_every: int = Field(200, ge=1)
+
+    # execution
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1)
+    gpu_aware_mpi: Literal["auto", "true", "false"] = "auto"
+
+    # testing aids: raise an error on `fail_rank` at step `fail_at_step`
+    fail_at_step: int | None = Field(None, ge=1)
+    fail_rank: int = Field(0, ge=0)
+
+    @field_validator("theta", mode="before")
+    @classmethod
+    def _theta(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() == "auto":
+            return "auto"
+        try:
+            value = float(v)
+        except (TypeError, ValueError):
+            raise ValueError("must be a non-negative number or 'auto'") from None
+        if math.isnan(value) or value < 0 or math.isinf(value):
+            raise ValueError("must be a finite number >= 0 or 'auto'")
+        return value
+
+    @field_validator("lr", "server_lr", "epochs", "noniid_fraction", "dirichlet_alpha", mode="after")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be finite")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Config":
+        if self.theta == "auto" and self.strategy != "fda":
+            raise ValueError("theta=auto applies to strategy=fda only")
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(), sort_keys=True)
+
+    def theta_for(self, num_params: int) -> float:
+        """The threshold actually used: the given theta, or the paper's rule theta = c * d."""
+        if self.theta == "auto":
+            return THETA_RULES[self.theta_profile] * num_params
+        return float(self.theta)
+
+
+FIELD_NAMES = tuple(Config.model_fields)
+
+
+def _suggest(name: str) -> str:
+    close = difflib.get_close_matches(name, FIELD_NAMES, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _format(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "config"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown setting '{loc}'{_suggest(str(loc))}")
+            continue
+        given = e.get("input")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "literal_error":
+            lines.append(f"{loc}={given!r}: {msg}")
+        elif loc == "config":
+            lines.append(msg)
+        else:
+            lines.append(f"{loc}={given!r}: {msg}")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def _parse_value(raw: str) -> Any:
+    """KEY=VALUE values are YAML scalars: 1e-3, true, null, 'auto' all do what one expects."""
+    try:
+        return yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        return raw
+
+
+def _flatten(d: dict, source: str) -> dict:
+    """YAML files may group settings in sections (data:, sync:, ...); names stay flat and unique."""
+    flat: dict = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            for k, v in _flatten(value, source).items():
+                if k in flat:
+                    raise ConfigError(f"{source}: setting '{k}' is given twice")
+                flat[k] = v
+        else:
+            if key in flat:
+                raise ConfigError(f"{source}: setting '{key}' is given twice")
+            flat[key] = value
+    return flat
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"expected KEY=VALUE, got '{pair}'")
+        key, raw = pair.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"expected KEY=VALUE, got '{pair}'")
+        out[key] = _parse_value(raw)
+    return out
+
+
+def load_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings")
+    return _flatten(data, str(path))
+
+
+def make_config(settings: dict | None = None, *, file: str | Path | None = None,
+                overrides: list[str] | None = None) -> Config:
+    """Build and validate a Config from a YAML file, a dict, and KEY=VALUE strings (later wins)."""
+    merged: dict = {}
+    if file is not None:
+        merged.update(load_file(file))
+    merged.update(settings or {})
+    merged.update(parse_overrides(overrides or []))
+    try:
+        return Config(**merged)
+    except ValidationError as e:
+        raise ConfigError(_format(e)) from None
+
+
+def config_from_json(text: str) -> Config:
+    return make_config(json.loads(text))

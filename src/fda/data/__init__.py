@@ -1,0 +1,33 @@
+"""Datasets, partitions into worker shards, and per-worker mini-batch streams."""
+
+from .datasets import (
+    DATASET_NAMES,
+    Dataset,
+    DatasetError,
+    clear_cache,
+    load_dataset,
+    make_synthetic,
+    read_idx,
+    search_dirs,
+)
+from .fetch import fetch
+from .loader import ShardLoader
+from .partition import PARTITION_SCHEMES, data_info, info_table, label_histogram, partition
+
+__all__ = [
+    "DATASET_NAMES",
+    "PARTITION_SCHEMES",
+    "Dataset",
+    "DatasetError",
+    "ShardLoader",
+    "clear_cache",
+    "data_info",
+    "fetch",
+    "info_table",
+    "label_histogram",
+    "load_dataset",
+    "make_synthetic",
+    "partition",
+    "read_idx",
+    "search_dirs",
+]

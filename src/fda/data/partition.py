@@ -1,0 +1,194 @@
+"""Cutting a training set into K worker shards (FDA.md section 6).
+
+Schemes (all deterministic by ``seed``; every worker gets a non-empty shard):
+
+- ``iid``: the data in a seeded shuffled order, cut into K contiguous shards (sizes differ by <= 1).
+- ``noniid``: the first ``noniid_fraction`` of the shuffled training set is sorted by label and
+  dealt into K contiguous pieces; the rest is cut into K pieces as is; worker k gets piece k of
+  each part (so with fraction 0.6, ~60% of each worker's data comes from 1-2 labels).
+- ``label``: all samples of label ``label_value`` are placed first (in shuffled order), then the
+  rest (shuffled); the sequence is cut into K contiguous shards, so label Y lands on few workers.
+- ``dirichlet``: for each class, proportions across the K workers drawn from
+  Dirichlet(``dirichlet_alpha``); smaller alpha = more skew.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .datasets import DatasetError
+
+__all__ = ["PARTITION_SCHEMES", "partition", "label_histogram", "info_table", "data_info"]
+
+PARTITION_SCHEMES: tuple[str, ...] = ("iid", "noniid", "label", "dirichlet")
+
+_SCHEME_ALIASES = {"non-iid": "noniid", "non_iid": "noniid", "labels": "label", "dir": "dirichlet"}
+
+
+def _rng(seed: int, scheme: str) -> np.random.Generator:
+    return np.random.default_rng([int(seed), PARTITION_SCHEMES.index(scheme), 0xDA7A])
+
+
+def _split(order: np.ndarray, k: int) -> list[np.ndarray]:
+    return [np.ascontiguousarray(a, dtype=np.int64) for a in np.array_split(order, k)]
+
+
+def partition(
+    labels: np.ndarray | Sequence[int],
+    num_workers: int,
+    scheme: str,
+    *,
+    seed: int,
+    noniid_fraction: float = 0.6,
+    label_value: int = 0,
+    dirichlet_alpha: float = 1.0,
+) -> list[np.ndarray]:
+    """Index arrays (int64), one per worker, that together cover ``range(len(labels))`` exactly once."""
+    if hasattr(labels, "numpy"):  # torch tensor
+        labels = labels.detach().cpu().numpy()
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise DatasetError(f"labels must be a 1-D array, got shape {labels.shape}")
+    labels = labels.astype(np.int64, copy=False)
+    key = _SCHEME_ALIASES.get(str(scheme).strip().lower(), str(scheme).strip().lower())
+    if key not in PARTITION_SCHEMES:
+        raise DatasetError(f"unknown partition scheme {scheme!r}; valid schemes: {', '.join(PARTITION_SCHEMES)}")
+    n = int(labels.shape[0])
+    k = int(num_workers)
+    if k < 1:
+        raise DatasetError(f"num_workers must be >= 1, got {num_workers}")
+    if k > n:
+        raise DatasetError(
+            f"cannot partition {n} samples among {k} workers: every worker needs at least one sample"
+        )
+    rng = _rng(seed, key)
+    perm = rng.permutation(n).astype(np.int64)
+
+    if key == "iid":
+        parts = _split(perm, k)
+
+    elif key == "noniid":
+        frac = float(noniid_fraction)
+        if not 0.0 <= frac <= 1.0:
+            raise DatasetError(f"noniid_fraction must be in [0, 1], got {noniid_fraction}")
+        n1 = int(round(frac * n))
+        head, tail = perm[:n1], perm[n1:]
+        head = head[np.argsort(labels[head], kind="stable")]
+        parts = [np.concatenate([a, b]) for a, b in zip(_split(head, k), _split(tail, k))]
+
+    elif key == "label":
+        y = int(label_value)
+        is_y = labels[perm] == y
+        if not is_y.any():
+            present = np.unique(labels)
+            raise DatasetError(
+                f"label scheme: no sample has label {y}; labels present: {present.tolist()[:20]}"
+                + (" ..." if present.size > 20 else "")
+            )
+        parts = _split(np.concatenate([perm[is_y], perm[~is_y]]), k)
+
+    else:  # dirichlet
+        alpha = float(dirichlet_alpha)
+        if not alpha > 0.0:
+            raise DatasetError(f"dirichlet_alpha must be > 0, got {dirichlet_alpha}")
+        shards: list[list[np.ndarray]] = [[] for _ in range(k)]
+        for c in np.unique(labels):
+            idx = perm[labels[perm] == c]  # this class's samples, in shuffled order
+            p = rng.dirichlet(np.full(k, alpha))
+            cuts = np.floor(np.cumsum(p)[:-1] * idx.size).astype(np.int64)
+            for w, piece in enumerate(np.split(idx, cuts)):
+                shards[w].append(piece)
+        parts = [np.concatenate(s) if s else np.empty(0, np.int64) for s in shards]
+        # Small alpha can leave a worker empty: give it one sample from the currently largest
+        # shard (deterministic; moves at most K-1 samples).
+        for w in range(k):
+            if parts[w].size == 0:
+                big = int(np.argmax([p.size for p in parts]))
+                parts[w] = parts[big][-1:].copy()
+                parts[big] = parts[big][:-1]
+        parts = [np.ascontiguousarray(p, dtype=np.int64) for p in parts]
+
+    assert sum(p.size for p in parts) == n
+    if any(p.size == 0 for p in parts):  # cannot happen given k <= n; kept as a guard
+        raise DatasetError(f"partition {key!r} left a worker without data ({n} samples, {k} workers)")
+    return parts
+
+
+def label_histogram(labels: np.ndarray | Sequence[int], parts: Sequence[np.ndarray], num_classes: int) -> np.ndarray:
+    """K x C matrix of label counts per worker."""
+    if hasattr(labels, "numpy"):
+        labels = labels.detach().cpu().numpy()
+    labels = np.asarray(labels, dtype=np.int64)
+    out = np.zeros((len(parts), int(num_classes)), dtype=np.int64)
+    for w, p in enumerate(parts):
+        out[w] = np.bincount(labels[np.asarray(p, dtype=np.int64)], minlength=num_classes)[:num_classes]
+    return out
+
+
+def info_table(
+    labels: np.ndarray | Sequence[int],
+    parts: Sequence[np.ndarray],
+    num_classes: int,
+    *,
+    max_columns: int = 20,
+) -> str:
+    """A text table: per worker its sample count, label counts (or its top labels when there are
+    more than ``max_columns`` classes) and the share of its most common label."""
+    hist = label_histogram(labels, parts, num_classes)
+    sizes = hist.sum(axis=1)
+    rows: list[list[str]] = []
+    if num_classes <= max_columns:
+        header = ["worker", "samples"] + [str(c) for c in range(num_classes)] + ["top%"]
+        for w in range(len(parts)):
+            top = 100.0 * hist[w].max() / max(1, sizes[w])
+            rows.append([str(w), str(sizes[w])] + [str(v) for v in hist[w]] + [f"{top:.1f}"])
+        total = hist.sum(axis=0)
+        rows.append(["all", str(sizes.sum())] + [str(v) for v in total] + [f"{100.0 * total.max() / max(1, total.sum()):.1f}"])
+    else:
+        header = ["worker", "samples", "labels", "top labels (count)", "top%"]
+        for w in range(len(parts)):
+            order = np.argsort(-hist[w], kind="stable")[:3]
+            top = ", ".join(f"{c}({hist[w, c]})" for c in order if hist[w, c] > 0)
+            rows.append([str(w), str(sizes[w]), str(int((hist[w] > 0).sum())), top,
+                         f"{100.0 * hist[w].max() / max(1, sizes[w]):.1f}"])
+        rows.append(["all", str(sizes.sum()), str(int((hist.sum(0) > 0).sum())), "", ""])
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    fmt = lambda r: "  ".join(v.rjust(wd) for v, wd in zip(r, widths))  # noqa: E731
+    lines = [fmt(header), fmt(["-" * wd for wd in widths])] + [fmt(r) for r in rows[:-1]]
+    lines += [fmt(["-" * wd for wd in widths]), fmt(rows[-1])]
+    return "\n".join(lines)
+
+
+def data_info(
+    dataset: str,
+    data_dir: str | None,
+    num_workers: int,
+    partition: str,  # noqa: A002 - the CLI's option name
+    seed: int,
+    **partition_params,
+) -> str:
+    """Text report for ``fda data info``: the dataset, where it was read from, and each worker's
+    sample count and label histogram under the given partition."""
+    from .datasets import load_dataset
+
+    scheme = partition
+    ds = load_dataset(dataset, data_dir, seed=seed)
+    labels = ds.y_train.numpy()
+    partition_params = {k: v for k, v in partition_params.items() if v is not None}
+    parts = _partition(labels, num_workers, scheme, seed=seed, **partition_params)
+    sizes = [p.size for p in parts]
+    params = ", ".join(f"{k}={v}" for k, v in sorted(partition_params.items()))
+    head = [
+        f"dataset   {ds.name}: {ds.num_train} train / {ds.num_test} test, input {ds.input_shape}, "
+        f"{ds.num_classes} classes",
+        f"source    {ds.source or '(generated, seed %d)' % seed}",
+        f"partition {scheme}{' (' + params + ')' if params else ''}, {num_workers} workers, seed {seed}: "
+        f"shard sizes {min(sizes)}..{max(sizes)}",
+        "",
+    ]
+    return "\n".join(head) + info_table(labels, parts, ds.num_classes)
+
+
+_partition = partition  # data_info's parameter named ``partition`` shadows the function

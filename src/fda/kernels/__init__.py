@@ -1,0 +1,149 @@
+"""Drift-state kernels: ||u||^2, <xi, u> and an AMS sketch of u = w - w0 in one pass.
+
+Public API::
+
+    drift_state(w, w0, *, xi=None, sketch_depth=0, sketch_width=0, seed=0) -> DriftState
+    ams_estimate(sketch) -> float          # median over rows of the row sums of squares
+    hash_coefficients(seed, depth)         # per-row hash polynomial coefficients
+    backend() -> "native" | "reference"
+
+The native op (``torch.ops.fda.drift_state``, built by ``make native`` from ``csrc/``) is used when
+its shared library is present in ``_native/``; otherwise a pure-torch reference computes the same
+quantities (same hashes) and a warning is issued once.  ``FDA_KERNELS_BACKEND=reference`` forces
+the reference.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import warnings
+from typing import NamedTuple
+
+import torch
+
+from fda.kernels import reference as _reference
+from fda.kernels.reference import MERSENNE_P, hash_coefficients
+
+__all__ = ["DriftState", "drift_state", "ams_estimate", "hash_coefficients", "backend", "MERSENNE_P"]
+
+_NATIVE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native")
+_native_state: dict = {"loaded": None, "error": None, "warned": False}
+
+
+class DriftState(NamedTuple):
+    sqnorm: float  # ||w - w0||^2 (float64 accumulation)
+    dot: float | None  # <xi, w - w0>, None without xi
+    sketch: torch.Tensor | None  # float32 [depth, width] on w's device, None without a sketch
+
+
+def _load_native() -> bool:
+    if _native_state["loaded"] is None:
+        ok, err = False, None
+        if os.environ.get("FDA_KERNELS_BACKEND", "").lower() == "reference":
+            err = "FDA_KERNELS_BACKEND=reference"
+        else:
+            libs = sorted(glob.glob(os.path.join(_NATIVE_DIR, "*.so")))
+            if not libs:
+                err = f"no shared library in {_NATIVE_DIR} (run `make native`)"
+            else:
+                try:
+                    if not hasattr(torch.ops.fda, "drift_state"):
+                        torch.ops.load_library(libs[0])
+                    torch.ops.fda.drift_state  # noqa: B018 -- raises if the op is missing
+                    ok = True
+                except Exception as e:  # noqa: BLE001 -- any load failure means fallback
+                    err = f"{type(e).__name__}: {e}"
+        _native_state["loaded"], _native_state["error"] = ok, err
+    return _native_state["loaded"]
+
+
+def backend() -> str:
+    """``'native'`` when the compiled op is loaded, else ``'reference'``."""
+    return "native" if _load_native() else "reference"
+
+
+def _native_has(device: torch.device) -> bool:
+    if not _load_native():
+        return False
+    if device.type == "cpu":
+        return True
+    try:
+        key = "CUDA" if device.type == "cuda" else device.type.upper()
+        return torch._C._dispatch_has_kernel_for_dispatch_key("fda::drift_state", key)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _check_vector(name: str, t) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != torch.float32:
+        raise TypeError(f"{name} must be float32, got {t.dtype}")
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be 1-D (a flat parameter vector), got shape {tuple(t.shape)}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (call .contiguous() first)")
+
+
+def _check_int(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    return v
+
+
+def drift_state(w: torch.Tensor, w0: torch.Tensor, *, xi: torch.Tensor | None = None,
+                sketch_depth: int = 0, sketch_width: int = 0, seed: int = 0) -> DriftState:
+    """Squared norm, projection on ``xi`` and AMS sketch of ``u = w - w0`` in one pass.
+
+    ``w``, ``w0`` (and ``xi``) must be contiguous 1-D float32 tensors of equal length on the same
+    device.  ``sketch_depth`` and ``sketch_width`` must both be > 0 (sketch) or both 0 (no sketch).
+    Same ``seed`` -> same hashes on every rank / process / backend.
+    """
+    _check_vector("w", w)
+    _check_vector("w0", w0)
+    if xi is not None:
+        _check_vector("xi", xi)
+    for name, t in (("w0", w0), ("xi", xi)):
+        if t is None:
+            continue
+        if t.device != w.device:
+            raise ValueError(f"{name} is on {t.device} but w is on {w.device}")
+        if t.numel() != w.numel():
+            raise ValueError(f"{name} has {t.numel()} elements but w has {w.numel()}")
+    depth = _check_int("sketch_depth", sketch_depth)
+    width = _check_int("sketch_width", sketch_width)
+    seed = _check_int("seed", seed)
+    if depth < 0 or width < 0:
+        raise ValueError(f"sketch_depth and sketch_width must be >= 0, got {depth} and {width}")
+    if (depth == 0) != (width == 0):
+        raise ValueError("sketch_depth and sketch_width must both be > 0 (sketch) or both be 0 "
+                         f"(no sketch), got sketch_depth={depth}, sketch_width={width}")
+    if width >= (1 << 31) - 1:
+        raise ValueError(f"sketch_width must be < 2^31 - 1, got {width}")
+    if w.numel() >= MERSENNE_P:
+        raise ValueError(f"vectors longer than 2^31 - 2 elements are not supported (got {w.numel()})")
+
+    if _native_has(w.device):
+        s = seed & ((1 << 64) - 1)
+        s = s - (1 << 64) if s >= (1 << 63) else s  # two's complement int64 for the op
+        stats, sk = torch.ops.fda.drift_state(w, w0, xi, depth, width, s)
+        sq, dt = stats.tolist()
+        return DriftState(sq, dt if xi is not None else None, sk if depth > 0 else None)
+
+    if not _load_native() and not _native_state["warned"]:
+        _native_state["warned"] = True
+        warnings.warn(f"fda.kernels: native drift_state op unavailable ({_native_state['error']}); "
+                      "using the pure-torch reference (slower)", RuntimeWarning, stacklevel=2)
+    return DriftState(*_reference.drift_state(w, w0, xi, depth, width, seed))
+
+
+def ams_estimate(sketch: torch.Tensor) -> float:
+    """AMS estimate of ||u||^2 from a ``[depth, width]`` sketch: median over rows of the row sums
+    of squares (mean of the two middle rows when depth is even), in float64."""
+    if not isinstance(sketch, torch.Tensor) or sketch.dim() != 2 or sketch.shape[0] == 0:
+        raise ValueError("sketch must be a 2-D tensor [depth, width] with depth >= 1")
+    rows = sketch.to(torch.float64).pow(2).sum(dim=1).sort().values
+    n = rows.numel()
+    mid = n // 2
+    return float(rows[mid]) if n % 2 else float(0.5 * (rows[mid - 1] + rows[mid]))

@@ -1,0 +1,292 @@
+// drift_state_cpu.cpp -- the fused FDA drift-state op (CPU) and the op schema.
+//
+//   fda::drift_state(Tensor w, Tensor w0, Tensor? xi, int depth, int width, int seed)
+//       -> (Tensor stats, Tensor sketch)
+//
+// stats:  float64 [2] = (||u||^2, <xi, u>) with u = w - w0 (float32 subtraction); dot is 0
+//         without xi.  On w's device.
+// sketch: float32 [depth, width] AMS sketch of u (shape [0, 0] when depth == width == 0).
+//
+// One pass reads w and w0 once (plus xi when given).  Work is split into fixed-size blocks that
+// do NOT depend on the thread count; every block produces its own partials (float64 norm/dot,
+// float32 sketch) and partials are combined in block-index order, so results are bit-for-bit
+// identical for any number of threads.  Within a block the hashes are evaluated with exact
+// finite differences of the hash polynomial over GF(2^31 - 1) in 16 independent lanes
+// (3 modular additions per row and element, all 32-bit, vectorisable); the sketch update is a
+// scalar scatter into an L1-resident per-block table.
+//
+// The inner kernel is compiled for several ISAs (target_clones: baseline, x86-64-v3, x86-64-v4)
+// and picked at load time; floating-point contraction is disabled (-ffp-contract=off), so every
+// clone gives the same bits.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "hash.h"
+
+namespace fda {
+namespace {
+
+constexpr int64_t kNormBlock = 1 << 14;  // norm/dot partial granularity (fixed)
+constexpr int kLanes = 16;               // hash lanes (elements i, i+16, i+32, ... per lane)
+constexpr int kNormLanes = 16;           // float64 accumulators per norm partial
+constexpr int64_t kSub = 512;            // sub-block staged in L1 (multiple of kLanes)
+
+#define FDA_AI inline __attribute__((always_inline))
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FDA_NO_CLONES)
+#define FDA_CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+#else
+#define FDA_CLONES
+#endif
+
+// Norm (and dot) partial of n elements, n <= kNormBlock.  Fixed lane structure -> the summation
+// order is independent of the ISA and of the thread count.
+template <bool kDot>
+FDA_AI void norm_partial(const float* __restrict w, const float* __restrict w0,
+                         const float* __restrict xi, int64_t n, double* sq_out, double* dot_out) {
+  double sq[kNormLanes] = {0.0};
+  double dt[kNormLanes] = {0.0};
+  int64_t j = 0;
+  for (; j + kNormLanes <= n; j += kNormLanes) {
+    for (int l = 0; l < kNormLanes; ++l) {
+      const double u = static_cast<double>(w[j + l] - w0[j + l]);
+      sq[l] += u * u;
+      if (kDot) dt[l] += static_cast<double>(xi[j + l]) * u;
+    }
+  }
+  for (int l = 0; j < n; ++j, ++l) {
+    const double u = static_cast<double>(w[j] - w0[j]);
+    sq[l] += u * u;
+    if (kDot) dt[l] += static_cast<double>(xi[j]) * u;
+  }
+  double s = 0.0, t = 0.0;
+  for (int l = 0; l < kNormLanes; ++l) {
+    s += sq[l];
+    t += dt[l];
+  }
+  *sq_out = s;
+  *dot_out = t;
+}
+
+struct Coeffs {
+  uint32_t a0, a1, a2, a3;
+};
+
+FDA_AI uint32_t sub_mod(uint32_t a, uint32_t b) { return hash::add_mod(a, hash::kPrime - b); }
+
+// Hash state of one row for 16 lanes: lane l sits at element x_l and steps by kLanes.
+struct alignas(64) RowState {
+  uint32_t P[kLanes], D1[kLanes], D2[kLanes], D3[kLanes];
+};
+
+inline void init_row(RowState& s, const Coeffs& c, int64_t first) {
+  for (int l = 0; l < kLanes; ++l) {
+    uint32_t g[4];
+    for (int k = 0; k < 4; ++k) {
+      const uint64_t x = static_cast<uint64_t>(first + l + k * kLanes) % hash::kPrime;
+      g[k] = hash::poly(c.a0, c.a1, c.a2, c.a3, static_cast<uint32_t>(x));
+    }
+    // forward differences with step kLanes
+    const uint32_t d1_0 = sub_mod(g[1], g[0]), d1_1 = sub_mod(g[2], g[1]), d1_2 = sub_mod(g[3], g[2]);
+    const uint32_t d2_0 = sub_mod(d1_1, d1_0), d2_1 = sub_mod(d1_2, d1_1);
+    s.P[l] = g[0];
+    s.D1[l] = d1_0;
+    s.D2[l] = d2_0;
+    s.D3[l] = sub_mod(d2_1, d2_0);
+  }
+}
+
+// Sketch + norms for one chunk [begin, begin + n).  sk: zeroed float [depth * width].
+template <bool kDot>
+FDA_AI void chunk_sketch_impl(const float* __restrict w, const float* __restrict w0,
+                              const float* __restrict xi, int64_t begin, int64_t n,
+                              const Coeffs* coeffs, int depth, uint32_t width, float* __restrict sk,
+                              double* sq_parts, double* dot_parts) {
+  // norms: per kNormBlock partials (identical to the norm-only path)
+  for (int64_t b = 0; b < n; b += kNormBlock) {
+    const int64_t nb = std::min(kNormBlock, n - b);
+    norm_partial<kDot>(w + begin + b, w0 + begin + b, kDot ? xi + begin + b : nullptr, nb,
+                       sq_parts + b / kNormBlock, dot_parts + b / kNormBlock);
+  }
+  const int64_t nv = n - n % kLanes;  // stepped part; the (last chunk's) tail is hashed directly
+  alignas(64) uint32_t ubits[kSub];
+  alignas(64) uint32_t idx[kSub];
+  alignas(64) uint32_t val[kSub];
+  std::vector<RowState> st(depth);
+  for (int r = 0; r < depth; ++r) init_row(st[r], coeffs[r], begin);
+  for (int64_t s0 = 0; s0 < nv; s0 += kSub) {
+    const int64_t ns = std::min(kSub, nv - s0);
+    const float* ws = w + begin + s0;
+    const float* w0s = w0 + begin + s0;
+    for (int64_t j = 0; j < ns; ++j) {
+      const float u = ws[j] - w0s[j];
+      uint32_t b;
+      std::memcpy(&b, &u, 4);
+      ubits[j] = b;
+    }
+    for (int r = 0; r < depth; ++r) {
+      RowState& S = st[r];
+      const uint32_t off = static_cast<uint32_t>(r) * width;
+      uint32_t P[kLanes], D1[kLanes], D2[kLanes], D3[kLanes];
+      for (int l = 0; l < kLanes; ++l) {
+        P[l] = S.P[l];
+        D1[l] = S.D1[l];
+        D2[l] = S.D2[l];
+        D3[l] = S.D3[l];
+      }
+      for (int64_t j = 0; j < ns; j += kLanes) {
+        for (int l = 0; l < kLanes; ++l) {
+          const uint32_t g = P[l];
+          idx[j + l] = off + hash::bucket(g, width);
+          val[j + l] = ubits[j + l] ^ hash::sign_mask(g);
+          P[l] = hash::add_mod(P[l], D1[l]);
+          D1[l] = hash::add_mod(D1[l], D2[l]);
+          D2[l] = hash::add_mod(D2[l], D3[l]);
+        }
+      }
+      for (int l = 0; l < kLanes; ++l) {
+        S.P[l] = P[l];
+        S.D1[l] = D1[l];
+        S.D2[l] = D2[l];
+      }
+      for (int64_t j = 0; j < ns; ++j) {
+        float v;
+        std::memcpy(&v, &val[j], 4);
+        sk[idx[j]] += v;
+      }
+    }
+  }
+  for (int64_t j = nv; j < n; ++j) {  // tail (< kLanes elements, last chunk only)
+    const float u = w[begin + j] - w0[begin + j];
+    const uint32_t x = static_cast<uint32_t>(static_cast<uint64_t>(begin + j) % hash::kPrime);
+    for (int r = 0; r < depth; ++r) {
+      const Coeffs& c = coeffs[r];
+      const uint32_t g = hash::poly(c.a0, c.a1, c.a2, c.a3, x);
+      sk[static_cast<uint32_t>(r) * width + hash::bucket(g, width)] += hash::sign(g) > 0 ? u : -u;
+    }
+  }
+}
+
+FDA_CLONES void chunk_sketch(const float* w, const float* w0, const float* xi, int64_t begin,
+                             int64_t n, const Coeffs* coeffs, int depth, uint32_t width, float* sk,
+                             double* sq_parts, double* dot_parts) {
+  if (xi)
+    chunk_sketch_impl<true>(w, w0, xi, begin, n, coeffs, depth, width, sk, sq_parts, dot_parts);
+  else
+    chunk_sketch_impl<false>(w, w0, xi, begin, n, coeffs, depth, width, sk, sq_parts, dot_parts);
+}
+
+FDA_CLONES void norm_blocks(const float* w, const float* w0, const float* xi, int64_t d,
+                            int64_t b0, int64_t b1, double* sq_parts, double* dot_parts) {
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t s = b * kNormBlock, n = std::min(kNormBlock, d - s);
+    if (xi)
+      norm_partial<true>(w + s, w0 + s, xi + s, n, sq_parts + b, dot_parts + b);
+    else
+      norm_partial<false>(w + s, w0 + s, nullptr, n, sq_parts + b, dot_parts + b);
+  }
+}
+
+void check_inputs(const at::Tensor& w, const at::Tensor& w0, const c10::optional<at::Tensor>& xi,
+                  int64_t depth, int64_t width) {
+  TORCH_CHECK(w.dtype() == at::kFloat && w0.dtype() == at::kFloat, "drift_state: w and w0 must be float32");
+  TORCH_CHECK(w.dim() == 1 && w0.dim() == 1, "drift_state: w and w0 must be 1-D");
+  TORCH_CHECK(w.is_contiguous() && w0.is_contiguous(), "drift_state: w and w0 must be contiguous");
+  TORCH_CHECK(w.numel() == w0.numel(), "drift_state: w and w0 differ in length");
+  TORCH_CHECK(w.device() == w0.device(), "drift_state: w and w0 are on different devices");
+  if (xi.has_value()) {
+    const at::Tensor& x = *xi;
+    TORCH_CHECK(x.dtype() == at::kFloat && x.dim() == 1 && x.is_contiguous(),
+                "drift_state: xi must be a contiguous 1-D float32 tensor");
+    TORCH_CHECK(x.numel() == w.numel(), "drift_state: xi and w differ in length");
+    TORCH_CHECK(x.device() == w.device(), "drift_state: xi and w are on different devices");
+  }
+  TORCH_CHECK(depth >= 0 && width >= 0 && (depth == 0) == (width == 0),
+              "drift_state: depth and width must both be > 0 or both be 0");
+  TORCH_CHECK(width < static_cast<int64_t>(hash::kPrime), "drift_state: width must be < 2^31 - 1");
+  TORCH_CHECK(depth * width < (int64_t(1) << 31), "drift_state: sketch too large");
+  TORCH_CHECK(w.numel() < static_cast<int64_t>(hash::kPrime),
+              "drift_state: vectors must have fewer than 2^31 - 1 elements");
+}
+
+std::tuple<at::Tensor, at::Tensor> drift_state_cpu(const at::Tensor& w, const at::Tensor& w0,
+                                                   const c10::optional<at::Tensor>& xi_opt,
+                                                   int64_t depth, int64_t width, int64_t seed) {
+  check_inputs(w, w0, xi_opt, depth, width);
+  const int64_t d = w.numel();
+  const float* wp = w.data_ptr<float>();
+  const float* w0p = w0.data_ptr<float>();
+  const float* xip = xi_opt.has_value() ? xi_opt->data_ptr<float>() : nullptr;
+  const int64_t n_norm = (d + kNormBlock - 1) / kNormBlock;
+  std::vector<double> sq_parts(n_norm, 0.0), dot_parts(n_norm, 0.0);
+  at::Tensor sketch = at::zeros({depth, width}, w.options());
+
+  if (depth == 0) {
+    at::parallel_for(0, n_norm, 1, [&](int64_t b0, int64_t b1) {
+      norm_blocks(wp, w0p, xip, d, b0, b1, sq_parts.data(), dot_parts.data());
+    });
+  } else {
+    std::vector<Coeffs> coeffs(depth);
+    for (int64_t r = 0; r < depth; ++r) {
+      const uint64_t s = static_cast<uint64_t>(seed);
+      coeffs[r] = {hash::coefficient(s, r, 0), hash::coefficient(s, r, 1), hash::coefficient(s, r, 2),
+                   hash::coefficient(s, r, 3)};
+    }
+    const int64_t S = depth * width;
+    // Chunk = fixed function of the sketch size (never of the thread count): large enough that
+    // zeroing + merging the per-chunk table stays small next to the scatter work.
+    int64_t chunk = kNormBlock;
+    while (chunk < 4 * S && chunk < (int64_t(1) << 24)) chunk *= 2;
+    const int64_t n_chunks = (d + chunk - 1) / chunk;
+    // Process chunks in waves (bounded buffer); merge each wave in chunk order.
+    const int64_t max_buf = int64_t(1) << 24;  // floats (64 MiB)
+    const int64_t wave = std::max<int64_t>(1, std::min<int64_t>(n_chunks, max_buf / S));
+    std::vector<float> parts(static_cast<size_t>(std::min(wave, n_chunks) * S));
+    std::vector<double> acc(S, 0.0);
+    const uint32_t m = static_cast<uint32_t>(width);
+    for (int64_t c0 = 0; c0 < n_chunks; c0 += wave) {
+      const int64_t nw = std::min(wave, n_chunks - c0);
+      at::parallel_for(0, nw, 1, [&](int64_t a, int64_t b) {
+        for (int64_t c = a; c < b; ++c) {
+          float* sk = parts.data() + c * S;
+          std::fill(sk, sk + S, 0.0f);
+          const int64_t begin = (c0 + c) * chunk, n = std::min(chunk, d - begin);
+          chunk_sketch(wp, w0p, xip, begin, n, coeffs.data(), static_cast<int>(depth), m, sk,
+                       sq_parts.data() + begin / kNormBlock, dot_parts.data() + begin / kNormBlock);
+        }
+      });
+      at::parallel_for(0, S, 2048, [&](int64_t a, int64_t b) {
+        for (int64_t c = 0; c < nw; ++c) {
+          const float* p = parts.data() + c * S;
+          for (int64_t e = a; e < b; ++e) acc[e] += static_cast<double>(p[e]);
+        }
+      });
+    }
+    float* out = sketch.data_ptr<float>();
+    for (int64_t e = 0; e < S; ++e) out[e] = static_cast<float>(acc[e]);
+  }
+  double sq = 0.0, dt = 0.0;
+  for (int64_t b = 0; b < n_norm; ++b) {
+    sq += sq_parts[b];
+    dt += dot_parts[b];
+  }
+  at::Tensor stats = at::empty({2}, w.options().dtype(at::kDouble));
+  stats.data_ptr<double>()[0] = sq;
+  stats.data_ptr<double>()[1] = dt;
+  return {stats, sketch};
+}
+
+}  // namespace
+}  // namespace fda
+
+TORCH_LIBRARY(fda, m) {
+  m.def("drift_state(Tensor w, Tensor w0, Tensor? xi, int depth, int width, int seed) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(fda, CPU, m) { m.impl("drift_state", &fda::drift_state_cpu); }

@@ -1,0 +1,78 @@
+"""Pure-torch reference implementation of the drift-state op.
+
+Computes, for u = w - w0 (float32 subtraction, as the drift vector itself):
+
+* ``sqnorm = sum(u_i^2)`` accumulated in float64,
+* ``dot = sum(xi_i * u_i)`` accumulated in float64 (when ``xi`` is given),
+* the AMS sketch ``sk[r, h_r(i)] += s_r(i) * u_i`` (accumulated in float64, returned as float32).
+
+The hashes are exactly those of ``csrc/hash.h`` (see the comment there): one degree-3
+polynomial over the Mersenne prime p = 2^31 - 1 per sketch row, sign = bit 0, bucket = bits 1..30
+range-reduced to [0, m).  The coefficients come from :func:`hash_coefficients` (splitmix64 of the
+seed, no torch/numpy RNG), so every rank and every backend gets the same hashes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MERSENNE_P = (1 << 31) - 1
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+# Elements hashed per step of the reference (bounds its int64 temporaries).
+_BLOCK = 1 << 20
+
+
+def _splitmix64_mix(z: int) -> int:
+    z &= _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def hash_coefficients(seed: int, depth: int) -> list[tuple[int, int, int, int]]:
+    """Polynomial coefficients ``(a0, a1, a2, a3)`` of each of the ``depth`` sketch rows.
+
+    ``a_k(r) = splitmix64_mix(seed + (4 r + k + 1) * 0x9E3779B97F4A7C15) mod (2^31 - 1)``, with the
+    seed taken modulo 2^64.  Identical to ``fda::hash::coefficient`` in ``csrc/hash.h``.
+    """
+    seed = int(seed) & _MASK64
+    return [
+        tuple(_splitmix64_mix(seed + (4 * r + k + 1) * _GOLDEN) % MERSENNE_P for k in range(4))
+        for r in range(depth)
+    ]
+
+
+def hash_rows(idx: torch.Tensor, coeffs, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Buckets (int64, [depth, n]) and signs (int64 +-1, [depth, n]) of int64 indices ``idx`` < p."""
+    x = idx.to(torch.int64)
+    buckets, signs = [], []
+    for a0, a1, a2, a3 in coeffs:
+        g = torch.full_like(x, a3)
+        for a in (a2, a1, a0):  # Horner; g * x < 2^62 fits in int64
+            g = torch.remainder(g * x + a, MERSENNE_P)
+        buckets.append(((g >> 1) * width) >> 30)
+        signs.append(1 - 2 * (g & 1))
+    return torch.stack(buckets), torch.stack(signs)
+
+
+def drift_state(w: torch.Tensor, w0: torch.Tensor, xi: torch.Tensor | None, depth: int, width: int,
+                seed: int) -> tuple[float, float | None, torch.Tensor | None]:
+    """Unvalidated reference; use :func:`fda.kernels.drift_state` (it validates the inputs)."""
+    u = w - w0  # float32, the drift vector
+    u64 = u.to(torch.float64)
+    sqnorm = float(torch.dot(u64, u64))
+    dot = float(torch.dot(xi.to(torch.float64), u64)) if xi is not None else None
+    sketch = None
+    if depth > 0:
+        coeffs = hash_coefficients(seed, depth)
+        acc = torch.zeros(depth * width, dtype=torch.float64, device=w.device)
+        offsets = (torch.arange(depth, device=w.device, dtype=torch.int64) * width)[:, None]
+        for start in range(0, u.numel(), _BLOCK):
+            stop = min(start + _BLOCK, u.numel())
+            idx = torch.arange(start, stop, device=w.device, dtype=torch.int64)
+            buckets, signs = hash_rows(idx, coeffs, width)
+            vals = signs.to(torch.float64) * u64[start:stop]
+            acc.index_add_(0, (buckets + offsets).reshape(-1), vals.reshape(-1))
+        sketch = acc.view(depth, width).to(torch.float32)
+    return sqnorm, dot, sketch

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from fda.kernels import DriftState
+
+
+class Monitor(ABC):
+    """Turns one worker's drift statistics into a state vector, and a mean state into a bound."""
+
+    name: str = ""
+    reduce_op: str = "sum"  # how states combine across workers
+    uses_xi: bool = False
+    sketch_depth: int = 0
+    sketch_width: int = 0
+
+    @property
+    @abstractmethod
+    def state_size(self) -> int:
+        """Floats per worker per check (the paper's |S_k|)."""
+
+    @abstractmethod
+    def local_state(self, drift: DriftState) -> np.ndarray:
+        """S_k as float64, from the kernel's (sqnorm, dot, sketch) of u_k."""
+
+    @abstractmethod
+    def bound(self, mean_state: np.ndarray) -> float:
+        """H(mean state) (for MAX monitors: the reduced state itself)."""
+
+
+def exact_variance(mean_sqnorm: float, mean_drift_sqnorm: float) -> float:
+    """Var = mean_k ||u_k||^2 - ||mean_k u_k||^2 (FDA.md section 2)."""
+    return mean_sqnorm - mean_drift_sqnorm
+
+
+def make_monitor(name: str, *, sketch_depth: int = 5, sketch_width: int = 250, seed: int = 0) -> Monitor:
+    from fda.monitor.linear import LinearMonitor
+    from fda.monitor.naive import NaiveMonitor
+    from fda.monitor.per_worker import PerWorkerMonitor
+    from fda.monitor.sketch import SketchMonitor
+
+    if name == "naive":
+        return NaiveMonitor()
+    if name == "linear":
+        return LinearMonitor()
+    if name == "sketch":
+        return SketchMonitor(sketch_depth, sketch_width, seed)
+    if name == "per_worker":
+        return PerWorkerMonitor()
+    raise ValueError(f"unknown monitor '{name}' (naive, linear, sketch, per_worker)")

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import math
+
+from fda.monitor import Monitor
+from fda.strategies.base import Strategy
+
+
+class FDA(Strategy):
+    """Sync iff H(mean state) > theta, checked every `check_every` steps (FDA.md section 3).
+
+    With the per-worker monitor this is Kamp et al.'s rule (max_k ||u_k||^2 > theta).
+    theta = 0 syncs at every check: the Synchronous baseline when check_every = 1.
+    """
+
+    def __init__(self, monitor: Monitor, theta: float, check_every: int = 1, name: str = "fda"):
+        super().__init__()
+        if not (theta >= 0 and math.isfinite(theta)):
+            raise ValueError(f"theta must be a finite number >= 0, got {theta}")
+        self.name = name
+        self.monitor = monitor
+        self._theta = float(theta)
+        self.check_every = check_every
+
+    @property
+    def theta(self) -> float:
+        return self._theta
+
+    def wants_check(self, step: int) -> bool:
+        return step % self.check_every == 0
+
+    def decide(self, step: int, bound: float) -> bool:
+        # theta = 0 means "always": a numerically zero bound (e.g. right after a sync) still syncs
+        return (not math.isnan(bound)) and (bound > self._theta or self._theta == 0.0)
+
+    def describe(self) -> str:
+        return f"{self.name}(monitor={self.monitor.name}, theta={self._theta:g}, check_every={self.check_every})"
+
+
+class FDAOpt(FDA):
+    """FDA-Opt (FDA.md section 4): checked once per local epoch, a sync forced after
+    `max_epochs`, a server optimizer at the sync, and theta set after each round r from
+    the exact variance of the models received:  theta_{r+1} = ((max_epochs/2) / E_r) * Var_r.
+    The first round has theta = 0, so it syncs after one epoch.
+    """
+
+    def __init__(self, monitor: Monitor, *, steps_per_epoch: int, max_epochs: int, server):
+        super().__init__(monitor, theta=0.0, check_every=steps_per_epoch, name="fda_opt")
+        self.steps_per_epoch = steps_per_epoch
+        self.max_epochs = max_epochs
+        self.server = server
+
+    def decide(self, step: int, bound: float) -> bool:
+        if not self.wants_check(step):
+            return False
+        epochs_in_round = (step - self.last_sync_step) / self.steps_per_epoch
+        if epochs_in_round >= self.max_epochs or self._theta == 0.0:
+            return True
+        return bound > self._theta
+
+    def after_sync(self, step: int, var_exact: float) -> None:
+        round_epochs = (step - self.last_sync_step) / self.steps_per_epoch
+        super().after_sync(step, var_exact)
+        if math.isfinite(var_exact) and round_epochs > 0:
+            self._theta = max(0.0, (self.max_epochs / 2.0) / round_epochs * var_exact)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "theta": self._theta, "server": self.server.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._theta = float(state["theta"])
+        self.server.load_state_dict(state["server"])
+
+    def describe(self) -> str:
+        return (f"fda_opt(monitor={self.monitor.name}, max_epochs={self.max_epochs}, "
+                f"server={self.server.describe()}, theta=auto per round)")

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import torch
+
+
+class ServerOptimizer:
+    """FedOpt's server step (Reddi et al.): the pseudo-gradient g = w0 - mean_k w_k is
+    fed to an optimizer over w0. Every rank runs it on identical inputs, so every rank
+    gets the same new w0 without communication.
+
+    kinds: sgd (server SGD; lr=1 is plain averaging), sgdm (FedAvgM), adam (FedAdam), adagrad.
+    """
+
+    KINDS = ("sgd", "sgdm", "adam", "adagrad")
+
+    def __init__(self, kind: str, lr: float, momentum: float = 0.9):
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown server optimizer '{kind}' ({', '.join(self.KINDS)})")
+        self.kind, self.lr, self.momentum = kind, lr, momentum
+        self._param: torch.nn.Parameter | None = None
+        self._opt: torch.optim.Optimizer | None = None
+        self._pending_state: dict | None = None
+
+    def _make(self, w0: torch.Tensor) -> None:
+        self._param = torch.nn.Parameter(w0.detach().clone())
+        if self.kind == "sgd":
+            self._opt = torch.optim.SGD([self._param], lr=self.lr)
+        elif self.kind == "sgdm":
+            self._opt = torch.optim.SGD([self._param], lr=self.lr, momentum=self.momentum)
+        elif self.kind == "adam":
+            # FedAdam as in Reddi et al.: adaptivity eps 1e-3 keeps early steps bounded
+            self._opt = torch.optim.Adam([self._param], lr=self.lr, betas=(0.9, 0.99), eps=1e-3)
+        else:
+            self._opt = torch.optim.Adagrad([self._param], lr=self.lr, eps=1e-3)
+        if self._pending_state is not None:
+            self._opt.load_state_dict(self._pending_state)
+            self._pending_state = None
+
+    def step(self, w0: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """Returns the new global model (written into `mean`)."""
+        if self._param is None:
+            self._make(w0)
+        with torch.no_grad():
+            self._param.copy_(w0)
+            self._param.grad = w0 - mean
+        self._opt.step()
+        with torch.no_grad():
+            mean.copy_(self._param)
+        self._param.grad = None
+        return mean
+
+    def state_dict(self) -> dict:
+        if self._opt is None:
+            return {"opt": self._pending_state}
+        return {"opt": self._opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("opt") is None:
+            return
+        if self._opt is None:
+            self._pending_state = state["opt"]
+        else:
+            self._opt.load_state_dict(state["opt"])
+
+    def describe(self) -> str:
+        mom = f", momentum={self.momentum:g}" if self.kind == "sgdm" else ""
+        return f"{self.kind}(lr={self.lr:g}{mom})"

@@ -1,0 +1,433 @@
+"""`fda.Synchronizer`: decides when the K workers average their models, and does it.
+
+Call `step()` after every local optimizer step. Per step it computes this rank's drift
+state with the native kernel, Allreduces it with the mean loss (ONE small Allreduce),
+evaluates the strategy's rule on the reduced values (the same on every rank) and, when
+it says so, averages the models with ONE Allreduce of a contiguous flat buffer.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fda import kernels
+from fda.config import Config, ConfigError, make_config
+from fda.context import Context
+from fda.h5log import LOG_NAME, H5Log
+from fda.strategies import make_strategy
+
+FLOAT_BYTES = 4  # the paper's accounting counts float32 values
+
+
+class CollectiveError(RuntimeError):
+    """An error every rank detects identically (from Allreduced values): no abort needed."""
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by the fail_at_step / fail_rank testing aid."""
+
+
+class FlatModel:
+    """One worker's model with its trainable float32 parameters (then its float32 buffers)
+    re-pointed into ONE contiguous tensor, so the kernel and MPI see a single flat buffer.
+
+    Frozen parameters (requires_grad=False) stay where they are and are never averaged.
+    Trainable parameters must be float32 (keep master weights in float32; use autocast
+    for mixed precision): anything else is rejected. Non-float32 floating buffers are
+    averaged one by one at a sync; integer buffers (e.g. BatchNorm's batch counter) stay local.
+    """
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+        params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters")
+        for name, p in params:
+            if p.dtype != torch.float32:
+                raise ValueError(f"trainable parameter '{name}' is {p.dtype}; fda averages float32 parameters "
+                                 "only (keep master weights in float32, use torch.autocast for lower precision)")
+        devices = {p.device for _, p in params}
+        if len(devices) > 1:
+            raise ValueError(f"the model's parameters are on several devices ({devices}); put it on one")
+        bufs = [b for _, b in module.named_buffers() if b.dtype == torch.float32]
+        self.other_buffers = [b for _, b in module.named_buffers()
+                              if b.is_floating_point() and b.dtype != torch.float32]
+        self.num_params = sum(p.numel() for _, p in params)
+        total = self.num_params + sum(b.numel() for b in bufs)
+        self.device = params[0][1].device
+        self.flat = torch.empty(total, dtype=torch.float32, device=self.device)
+        offset = 0
+        for t in [p for _, p in params] + bufs:
+            n = t.numel()
+            view = self.flat[offset:offset + n]
+            view.copy_(t.data.reshape(-1))
+            t.data = view.view_as(t)
+            offset += n
+        self.params = self.flat[:self.num_params]
+        self.layout = [(n, tuple(p.shape)) for n, p in params]
+
+
+class Synchronizer:
+    """Drop-in FDA (or a baseline) for an existing PyTorch training loop.
+
+    model: a module, or a list of `ctx.workers_per_rank` modules (one per hosted worker).
+    optimizer: the optimizer(s), needed only for sync_optimizer_state=reset|average.
+    log: a run directory; rank 0 writes `metrics.h5` there (see fda.h5log). It must not hold a
+        run already unless overwrite=True, or resume_step is given (then the log keeps its
+        rows up to that step and continues; restore the rest with `load_state_dict`).
+    steps_per_epoch: needed by fedopt / fda_opt and for the default eval_every.
+    Every other keyword is a setting with the CLI's name and validation (fda.config.Config).
+    """
+
+    def __init__(self, model, ctx: Context, strategy: str | None = None, *, optimizer=None,
+                 log: str | Path | None = None, steps_per_epoch: int | None = None,
+                 config: Config | None = None, resume_step: int | None = None, overwrite: bool = False,
+                 **settings):
+        if config is None:
+            config = make_config({**settings, **({"strategy": strategy} if strategy else {})})
+        elif settings or strategy:
+            config = make_config({**config.model_dump(), **settings, **({"strategy": strategy} if strategy else {})})
+        self.cfg = cfg = config
+        self.ctx = ctx
+        self.world = ctx.world
+        models = list(model) if isinstance(model, (list, tuple)) else [model]
+        if len(models) != ctx.workers_per_rank:
+            raise ValueError(f"got {len(models)} model(s) for workers_per_rank={ctx.workers_per_rank}")
+        if cfg.workers_per_rank != ctx.workers_per_rank:
+            raise ConfigError(f"workers_per_rank={cfg.workers_per_rank} in the settings but "
+                              f"fda.init(workers_per_rank={ctx.workers_per_rank})")
+        self.optimizers = (list(optimizer) if isinstance(optimizer, (list, tuple)) else
+                           [optimizer] * (1 if optimizer is not None else 0))
+        if cfg.sync_optimizer_state != "keep" and len(self.optimizers) != len(models):
+            raise ValueError(f"sync_optimizer_state={cfg.sync_optimizer_state} needs the optimizer(s): "
+                             "pass optimizer=... to Synchronizer")
+        self.K = ctx.workers
+        self.workers = [FlatModel(m) for m in models]
+        for w in self.workers[1:]:
+            if w.layout != self.workers[0].layout:
+                raise ValueError("the models of one rank must have the same architecture")
+        self._broadcast_initial_state()
+        self.d = self.workers[0].num_params
+        self.steps_per_epoch = steps_per_epoch
+        self.eval_every = cfg.eval_every or steps_per_epoch
+        self.strategy = make_strategy(cfg, num_params=self.d, steps_per_epoch=steps_per_epoch)
+        self.monitor = self.strategy.monitor
+        self.w0 = self.workers[0].params.detach().clone()
+        self.xi = self._initial_xi() if (self.monitor is not None and self.monitor.uses_xi) else None
+
+        self.step_count = 0
+        self.syncs = 0
+        self.comm_bytes = 0          # the paper's accounting (FDA.md section 5)
+        self.last_bound = math.nan
+        self.last_synced = False
+        self.totals = defaultdict(float)  # seconds: compute, monitor, comm
+        self._eval_flat: FlatModel | None = None
+        self._t_start = time.perf_counter()
+        self._t_last = self._t_start
+        self.log = self._open_log(log, resume_step=resume_step, overwrite=overwrite) if log is not None else None
+        self.world.set_failure_callback(self._record_remote_failure)
+
+    # ------------------------------------------------------------------ set-up
+    def _broadcast_initial_state(self) -> None:
+        """Every worker starts from rank 0's first model (its full state_dict, frozen parts too)."""
+        src = self.workers[0].module.state_dict()
+        for name in sorted(src):
+            t = src[name]
+            if t.is_contiguous():
+                self.world.bcast_(t, root=0, kind="setup")
+            else:
+                tmp = t.contiguous()
+                self.world.bcast_(tmp, root=0, kind="setup")
+                t.copy_(tmp)
+        for w in self.workers[1:]:
+            w.module.load_state_dict(src)
+
+    def _initial_xi(self) -> torch.Tensor:
+        """Before the first sync there is no last global update: a seeded Gaussian, the same on every rank."""
+        g = torch.Generator().manual_seed(self.cfg.seed + 0x5EED)
+        xi = torch.randn(self.d, generator=g, dtype=torch.float32).to(self.workers[0].device)
+        return xi / xi.norm()
+
+    def _open_log(self, log, *, resume_step: int | None, overwrite: bool) -> H5Log | None:
+        out = Path(log)
+        resume = resume_step is not None
+        problem = None
+        if self.ctx.rank == 0:
+            path = out / LOG_NAME
+            if path.exists() and not (resume or overwrite):
+                problem = (f"{out} already holds a run (metrics.h5); pass --resume to continue it "
+                           "or --overwrite to replace it")
+            elif resume and not path.exists():
+                problem = f"--resume: no run to resume in {out} (no metrics.h5)"
+            else:
+                try:
+                    out.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    problem = f"cannot create the output directory {out}: {e}"
+        problem = self.world.bcast_object(problem)
+        if problem:
+            raise ConfigError(problem)
+        if self.ctx.rank != 0:
+            return None
+        attrs = {
+            "config": self.cfg.to_json(), "world_size": self.ctx.world_size, "workers": self.K,
+            "workers_per_rank": self.ctx.workers_per_rank, "num_params": self.d,
+            "fda_version": _version(), "state_kernel": kernels.backend(),
+            "strategy": self.strategy.describe(), "theta": self.strategy.theta,
+            "steps_per_epoch": self.steps_per_epoch or 0,
+            "state_floats": self.monitor.state_size if self.monitor else 0,
+            "device": str(self.ctx.device), "threads_per_rank": self.ctx.threads,
+        }
+        return H5Log(out / LOG_NAME, attrs, flush_every=self.cfg.log_flush_every,
+                     resume_step=resume_step)
+
+    # -------------------------------------------------------------------- step
+    @property
+    def epoch(self) -> float:
+        return self.step_count / self.steps_per_epoch if self.steps_per_epoch else math.nan
+
+    def step(self, loss=None) -> bool:
+        """Call once per local step (after optimizer.step()). Returns True when the models were averaged.
+
+        loss: this step's training loss: a float, or one float per hosted worker.
+        """
+        t_enter = time.perf_counter()
+        compute_s = t_enter - self._t_last
+        self.step_count += 1
+        step = self.step_count
+        cfg = self.cfg
+        if cfg.fail_at_step == step and cfg.fail_rank == self.ctx.rank:
+            raise InjectedFailure(f"injected failure at step {step} (fail_at_step/fail_rank testing aid)")
+
+        losses = _as_list(loss, len(self.workers))
+        check = self.monitor is not None and self.strategy.wants_check(step)
+        monitor_s = 0.0
+        state = None
+        if check:
+            t = time.perf_counter()
+            state = self._local_state()
+            monitor_s = time.perf_counter() - t
+        loss_sum = float(np.sum(losses)) if losses else 0.0
+        bad = int(not math.isfinite(loss_sum) or (state is not None and not np.all(np.isfinite(state))))
+
+        t = time.perf_counter()
+        head = [loss_sum, float(bad), float(len(losses))]
+        summed_state = state if (state is not None and self.monitor.reduce_op == "sum") else None
+        packed = np.concatenate([head, summed_state]) if summed_state is not None else np.array(head)
+        reduced = self.world.allreduce_values(packed, "sum", kind="state")
+        if state is not None and self.monitor.reduce_op == "max":
+            mean_state = self.world.allreduce_values(state, "max", kind="state")
+        elif state is not None:
+            mean_state = reduced[3:] / self.K
+        comm_s = time.perf_counter() - t
+
+        if reduced[1] > 0 or not np.all(np.isfinite(reduced)):
+            raise CollectiveError(f"non-finite loss, drift or state at step {step} "
+                                  "(diverged: try a smaller lr or check the data)")
+        mean_loss = reduced[0] / reduced[2] if reduced[2] > 0 else math.nan
+        if check:
+            self.comm_bytes += self.K * FLOAT_BYTES * self.monitor.state_size
+        bound = self.monitor.bound(mean_state) if check else math.nan
+        var_exact = self._exact_variance() if cfg.audit else math.nan
+
+        synced = self.strategy.decide(step, bound)
+        if synced:
+            t = time.perf_counter()
+            mean_sqnorm = mean_state[0] if (check and self.monitor.reduce_op == "sum") else math.nan
+            self._synchronize(mean_sqnorm)
+            comm_s += time.perf_counter() - t
+
+        self.last_bound, self.last_synced = bound, synced
+        self.totals["compute"] += compute_s
+        self.totals["monitor"] += monitor_s
+        self.totals["comm"] += comm_s
+        if self.log is not None:
+            self.log.append_step({
+                "step": step, "epoch": self.epoch, "loss": mean_loss, "var_bound": bound,
+                "var_exact": var_exact, "theta": self.strategy.theta, "synced": int(synced),
+                "comm_bytes": self.comm_bytes, "comm_bytes_mpi": self.comm_bytes_mpi,
+                "time_compute": compute_s, "time_monitor": monitor_s, "time_comm": comm_s,
+            })
+        self.mean_loss = mean_loss
+        self._t_last = time.perf_counter()
+        return synced
+
+    def _local_state(self) -> np.ndarray:
+        mon = self.monitor
+        states = []
+        for w in self.workers:
+            drift = kernels.drift_state(w.params, self.w0, xi=self.xi if mon.uses_xi else None,
+                                        sketch_depth=mon.sketch_depth, sketch_width=mon.sketch_width,
+                                        seed=self.cfg.seed)
+            states.append(mon.local_state(drift))
+        return np.sum(states, axis=0) if mon.reduce_op == "sum" else np.max(states, axis=0)
+
+    def _local_sum(self) -> torch.Tensor:
+        total = self.workers[0].flat.clone()
+        for w in self.workers[1:]:
+            total.add_(w.flat)
+        return total
+
+    def _exact_variance(self) -> float:
+        """Audit: Var = (1/K) sum_k ||w_k - mean||^2, with a full Allreduce not counted as training traffic."""
+        mean = self.world.allreduce_(self._local_sum(), "sum", kind="audit").div_(self.K)[:self.d]
+        local = sum(float(torch.sum((w.params - mean).double() ** 2)) for w in self.workers)
+        return float(self.world.allreduce_values([local], "sum", kind="audit")[0]) / self.K
+
+    def _synchronize(self, mean_sqnorm: float) -> None:
+        buf = self.workers[0].flat
+        for w in self.workers[1:]:
+            buf.add_(w.flat)
+        self.world.allreduce_(buf, "sum", kind="sync")
+        buf.div_(self.K)
+        for w in self.workers:
+            for b in w.other_buffers:
+                self.world.allreduce_(b, "sum", kind="sync").div_(self.K)
+        mean = self.workers[0].params
+        var_at_sync = math.nan
+        if not math.isnan(mean_sqnorm):
+            var_at_sync = mean_sqnorm - float(torch.sum((mean - self.w0).double() ** 2))
+        if self.strategy.server is not None:
+            self.strategy.server.step(self.w0, mean)
+        for w in self.workers[1:]:
+            w.flat.copy_(buf)
+        if self.xi is not None:
+            update = mean - self.w0
+            norm = float(update.norm())
+            if norm > 0 and math.isfinite(norm):
+                self.xi = update / norm
+        self.w0.copy_(mean)
+        self._sync_optimizer_state()
+        self.syncs += 1
+        self.comm_bytes += 2 * self.K * FLOAT_BYTES * self.d
+        self.strategy.after_sync(self.step_count, var_at_sync)
+
+    def _sync_optimizer_state(self) -> None:
+        policy = self.cfg.sync_optimizer_state
+        if policy == "keep":
+            return
+        if policy == "reset":
+            for opt in self.optimizers:
+                opt.state.clear()
+            return
+        tensors = [[v for st in opt.state.values() for v in st.values()
+                    if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0]
+                   for opt in self.optimizers]
+        if not tensors[0]:
+            return
+        flat = torch.cat([t.reshape(-1) for t in tensors[0]])
+        for ts in tensors[1:]:
+            flat.add_(torch.cat([t.reshape(-1) for t in ts]))
+        self.world.allreduce_(flat, "sum", kind="sync").div_(self.K)
+        for ts in tensors:
+            offset = 0
+            for t in ts:
+                t.copy_(flat[offset:offset + t.numel()].view_as(t))
+                offset += t.numel()
+
+    # -------------------------------------------------------------- evaluation
+    @property
+    def comm_bytes_mpi(self) -> int:
+        b = self.world.bytes
+        return b.get("sync") + b.get("state")
+
+    def should_evaluate(self) -> bool:
+        return bool(self.eval_every) and self.step_count % self.eval_every == 0
+
+    def averaged_model(self) -> torch.nn.Module:
+        """The mean of the K current models (a separate module; the local models are unchanged).
+        Free right after a sync; otherwise one Allreduce, logged as evaluation traffic."""
+        if self._eval_flat is None:
+            self._eval_flat = FlatModel(copy.deepcopy(self.workers[0].module))
+        target = self._eval_flat
+        if self.last_synced or self.K == 1:
+            target.flat.copy_(self.workers[0].flat)
+        else:
+            target.flat.copy_(self._local_sum())
+            self.world.allreduce_(target.flat, "sum", kind="eval").div_(self.K)
+        return target.module
+
+    def log_eval(self, test_acc: float, test_loss: float = math.nan) -> None:
+        """Record an evaluation (call on every rank with the same values; rank 0 writes)."""
+        if self.log is not None:
+            self.log.append_eval({
+                "step": self.step_count, "epoch": self.epoch, "test_acc": test_acc, "test_loss": test_loss,
+                "comm_bytes": self.comm_bytes, "comm_bytes_mpi": self.comm_bytes_mpi,
+                "comm_bytes_eval": self.world.bytes.get("eval"),
+                "wall_time": time.perf_counter() - self._t_start,
+            })
+        self.last_eval = (test_acc, test_loss)
+
+    # ------------------------------------------------------------- lifecycle
+    def summary(self) -> dict:
+        d = self.d
+        return {
+            "steps": self.step_count, "syncs": self.syncs, "workers": self.K,
+            "comm_gb": self.comm_bytes / 1e9,
+            "synchronous_gb": self.step_count * 2 * self.K * FLOAT_BYTES * d / 1e9,
+            "comm_bytes_mpi": self.comm_bytes_mpi,
+            "wall_s": time.perf_counter() - self._t_start,
+            "time_compute_s": self.totals["compute"], "time_monitor_s": self.totals["monitor"],
+            "time_comm_s": self.totals["comm"],
+            "strategy": self.strategy.describe(), "state_kernel": kernels.backend(),
+        }
+
+    def close(self, status: str = "completed", error: str = "") -> dict:
+        """Flush and close the log (status completed/failed); returns the run summary."""
+        summary = self.summary()
+        if self.log is not None:
+            extra = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
+            extra["final_test_acc"] = getattr(self, "last_eval", (math.nan,))[0]
+            self.log.close(status, error, extra_attrs={f"summary_{k}": v for k, v in extra.items()})
+        self.world.set_failure_callback(None)
+        return summary
+
+    def _record_remote_failure(self, rank: int, message: str) -> None:
+        if self.log is not None:
+            self.log.close("failed", f"rank {rank}: {message}")
+
+    def fail(self, message: str) -> None:
+        """Mark the log failed (rank 0) without waiting for other ranks."""
+        if self.log is not None:
+            self.log.close("failed", message)
+
+    def state_dict(self) -> dict:
+        """Everything the synchronizer keeps between steps (models and optimizers are yours)."""
+        return {
+            "step": self.step_count, "syncs": self.syncs, "comm_bytes": self.comm_bytes,
+            "mpi_bytes": dict(self.world.bytes.by_kind), "w0": self.w0.clone(),
+            "xi": None if self.xi is None else self.xi.clone(), "strategy": self.strategy.state_dict(),
+            "totals": dict(self.totals), "config": self.cfg.to_json(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["config"] != self.cfg.to_json():
+            raise ConfigError("the checkpoint was written by a run with a different configuration")
+        self.step_count = int(state["step"])
+        self.syncs = int(state["syncs"])
+        self.comm_bytes = int(state["comm_bytes"])
+        self.world.bytes.by_kind = dict(state["mpi_bytes"])
+        self.w0.copy_(state["w0"])
+        if self.xi is not None:
+            self.xi = state["xi"].to(self.w0.device)
+        self.strategy.load_state_dict(state["strategy"])
+        self.totals = defaultdict(float, state["totals"])
+
+
+def _as_list(loss, n_workers: int) -> list[float]:
+    if loss is None:
+        return []
+    if isinstance(loss, (list, tuple, np.ndarray)):
+        return [float(x) for x in loss]
+    return [float(loss)]
+
+
+def _version() -> str:
+    from fda import __version__
+    return __version__

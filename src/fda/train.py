@@ -1,0 +1,151 @@
+"""`fda train`: the training loop, built on the public API (fda.init, fda.Synchronizer).
+
+    w0 <- rank 0's initial model, broadcast;  w_k <- w0
+    for each step:
+        every hosted worker k: one optimizer step on its own mini-batch
+        sync.step(losses): state from the drift (native kernel), ONE small Allreduce,
+                           H(mean state) > theta  ->  ONE Allreduce of the flat models
+        every eval_every steps: test accuracy of the averaged model
+        every checkpoint_every steps: an atomic checkpoint
+"""
+from __future__ import annotations
+
+import math
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import fda
+from fda import checkpoint
+from fda.config import Config, ConfigError
+from fda.context import Context, steps_per_epoch
+from fda.data import DatasetError, ShardLoader, load_dataset, partition
+from fda.models import ModelError, build_model
+from fda.synchronizer import CollectiveError, Synchronizer
+
+
+def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=cfg.weight_decay)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: Context,
+             batch: int = 1000) -> tuple[float, float]:
+    """Test accuracy and loss; each rank scores a slice of the test set, counts are Allreduced."""
+    was_training = model.training
+    model.eval()
+    mine = torch.arange(ctx.rank, x.shape[0], ctx.world_size)
+    correct, loss_sum = 0.0, 0.0
+    for i in range(0, mine.numel(), batch):
+        sel = mine[i:i + batch]
+        xb, yb = x[sel].to(ctx.device), y[sel].to(ctx.device)
+        out = model(xb)
+        loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
+        correct += float((out.argmax(1) == yb).sum())
+    model.train(was_training)
+    c, l_ = ctx.world.allreduce_values([correct, loss_sum], "sum", kind="eval")
+    return c / x.shape[0], l_ / x.shape[0]
+
+
+@contextmanager
+def collective_checks(ctx: Context):
+    """Bad input found on any rank becomes the same ConfigError on every rank (no rank left waiting)."""
+    problem = None
+    try:
+        yield
+    except (ConfigError, DatasetError, ModelError) as e:
+        problem = str(e)
+    problems = [p for p in ctx.world.allgather_object(problem) if p]
+    if problems:
+        raise ConfigError(problems[0])
+
+
+def run(cfg: Config, out: str | Path, *, resume: bool = False, overwrite: bool = False,
+        ctx: Context | None = None, progress: bool = True) -> dict:
+    ctx = ctx or fda.init(seed=cfg.seed, device=cfg.device, threads=cfg.threads,
+                          workers_per_rank=cfg.workers_per_rank, gpu_aware_mpi=cfg.gpu_aware_mpi)
+    out = Path(out)
+    ckpt = checkpoint.find_latest(out, ctx) if resume else None
+    if resume and ckpt is None:
+        raise ConfigError(f"--resume: no checkpoint in {out}/checkpoints (set checkpoint_every)")
+
+    with collective_checks(ctx):
+        data = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed)
+        parts = partition(data.y_train, ctx.workers, cfg.partition, seed=cfg.seed,
+                          noniid_fraction=cfg.noniid_fraction, label_value=cfg.label_value,
+                          dirichlet_alpha=cfg.dirichlet_alpha)
+        models = []
+        for _ in ctx.worker_ids():
+            torch.manual_seed(cfg.seed)
+            models.append(build_model(cfg.model, data.input_shape, data.num_classes).to(ctx.device))
+    spe = steps_per_epoch(data.num_train, ctx.workers, cfg.batch_size)
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * spe))
+    x_train, y_train = data.x_train.to(ctx.device), data.y_train.to(ctx.device)
+    loaders = [ShardLoader(x_train, y_train, parts[k], cfg.batch_size, seed=cfg.seed, worker=k)
+               for k in ctx.worker_ids()]
+    optimizers = [make_optimizer(cfg, m) for m in models]
+
+    sync = Synchronizer(models, ctx, config=cfg, optimizer=optimizers, log=out, steps_per_epoch=spe,
+                        resume_step=ckpt.step if ckpt else None, overwrite=overwrite)
+    if ckpt is not None:
+        checkpoint.restore(ckpt, sync, models, optimizers, loaders)
+    if ctx.is_root and ckpt is None:
+        checkpoint.write_config(out, cfg)
+
+    bar = tqdm(total=total_steps, initial=sync.step_count, disable=not (progress and ctx.is_root),
+               unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
+    try:
+        for step in range(sync.step_count + 1, total_steps + 1):
+            losses = []
+            for model, opt, loader in zip(models, optimizers, loaders):
+                xb, yb = loader.next_batch()
+                loss = F.cross_entropy(model(xb), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+            sync.step(losses)
+
+            if sync.should_evaluate() or step == total_steps:
+                acc, test_loss = evaluate(sync.averaged_model(), data.x_test, data.y_test, ctx)
+                sync.log_eval(acc, test_loss)
+                if not bar.disable:
+                    bar.write(f"step {step:6d}  epoch {sync.epoch:5.2f}  test_acc {acc:.4f}  "
+                              f"syncs {sync.syncs}  {sync.comm_bytes / 1e9:.4f} GB")
+            if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == total_steps):
+                checkpoint.save(out, ctx, sync, models, optimizers, loaders)
+            bar.set_postfix(loss=f"{sync.mean_loss:.3f}", syncs=sync.syncs,
+                            GB=f"{sync.comm_bytes / 1e9:.3f}", refresh=False)
+            bar.update(1)
+    except CollectiveError as e:
+        bar.close()
+        sync.close("failed", str(e))
+        raise
+    bar.close()
+    summary = sync.close()
+    summary["final_test_acc"], summary["final_test_loss"] = sync.last_eval
+    summary["out"] = str(out)
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    ratio = s["synchronous_gb"] / s["comm_gb"] if s["comm_gb"] > 0 else math.inf
+    wall = s["wall_s"]
+    return (f"fda: {s['strategy']} | K={s['workers']} | final test_acc {s['final_test_acc']:.4f} | "
+            f"steps {s['steps']} | syncs {s['syncs']} | {s['comm_gb']:.4f} GB communicated "
+            f"(Synchronous would send {s['synchronous_gb']:.3f} GB, {ratio:.1f}x more) | "
+            f"wall {wall:.1f} s: compute {s['time_compute_s']:.1f} / monitor {s['time_monitor_s']:.1f} / "
+            f"comm {s['time_comm_s']:.1f} | kernel {s['state_kernel']} | log {s['out']}/metrics.h5")
+
+
+__all__ = ["run", "evaluate", "make_optimizer", "format_summary", "DatasetError"]
