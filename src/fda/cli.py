@@ -81,19 +81,29 @@ def cmd_train(args) -> int:
         return 2
 
     import fda
+    from mpi4py import MPI
+    ctx, problem = None, None
     try:
         ctx = fda.init(seed=cfg.seed, device=cfg.device, threads=cfg.threads,
                        workers_per_rank=cfg.workers_per_rank, gpu_aware_mpi=cfg.gpu_aware_mpi)
     except ValueError as e:
-        _say_error(str(e))
+        problem = str(e)
+    # e.g. no GPU on one node: every rank must stop, not only the one that found it
+    problems = [p for p in MPI.COMM_WORLD.allgather(problem) if p]
+    if problems:
+        if ctx is not None:
+            ctx.world.stop_watching()
+        _say_error(problems[0])
         return 2
     try:
         summary = train.run(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, ctx=ctx,
                             progress=not args.no_progress)
     except ConfigError as e:
+        ctx.world.stop_watching()
         _say_error(str(e))
         return 2
     except CollectiveError as e:
+        ctx.world.stop_watching()
         _say_error(str(e))
         return 1
     except Exception as e:  # one rank failed: end them all, rank 0 marks the log failed
@@ -101,7 +111,11 @@ def cmd_train(args) -> int:
         ctx.world.fail(f"{type(e).__name__}: {e}")
         return 1
     if ctx.is_root:
-        print(train.format_summary(summary), flush=True)
+        if summary.get("already_complete"):
+            print(f"fda: the run in {out} is already complete ({summary['steps']} steps); nothing to do",
+                  flush=True)
+        else:
+            print(train.format_summary(summary), flush=True)
     ctx.world.stop_watching()
     return 0
 

@@ -112,6 +112,7 @@ class Synchronizer:
         for w in self.workers[1:]:
             if w.layout != self.workers[0].layout:
                 raise ValueError("the models of one rank must have the same architecture")
+        self._bytes_base = dict(self.world.bytes.by_kind)  # this run's bytes only, also on a shared ctx
         self._broadcast_initial_state()
         self.d = self.workers[0].num_params
         self.steps_per_epoch = steps_per_epoch
@@ -332,10 +333,13 @@ class Synchronizer:
                 offset += t.numel()
 
     # -------------------------------------------------------------- evaluation
+    def mpi_bytes(self, kind: str) -> int:
+        """Bytes this synchronizer's MPI calls of one kind moved, summed over ranks."""
+        return self.world.bytes.get(kind) - self._bytes_base.get(kind, 0)
+
     @property
     def comm_bytes_mpi(self) -> int:
-        b = self.world.bytes
-        return b.get("sync") + b.get("state")
+        return self.mpi_bytes("sync") + self.mpi_bytes("state")
 
     def should_evaluate(self) -> bool:
         return bool(self.eval_every) and self.step_count % self.eval_every == 0
@@ -359,7 +363,7 @@ class Synchronizer:
             self.log.append_eval({
                 "step": self.step_count, "epoch": self.epoch, "test_acc": test_acc, "test_loss": test_loss,
                 "comm_bytes": self.comm_bytes, "comm_bytes_mpi": self.comm_bytes_mpi,
-                "comm_bytes_eval": self.world.bytes.get("eval"),
+                "comm_bytes_eval": self.mpi_bytes("eval"),
                 "wall_time": time.perf_counter() - self._t_start,
             })
         self.last_eval = (test_acc, test_loss)
@@ -401,7 +405,7 @@ class Synchronizer:
         """Everything the synchronizer keeps between steps (models and optimizers are yours)."""
         return {
             "step": self.step_count, "syncs": self.syncs, "comm_bytes": self.comm_bytes,
-            "mpi_bytes": dict(self.world.bytes.by_kind), "w0": self.w0.clone(),
+            "mpi_bytes": {k: self.mpi_bytes(k) for k in self.world.bytes.by_kind}, "w0": self.w0.clone(),
             "xi": None if self.xi is None else self.xi.clone(), "strategy": self.strategy.state_dict(),
             "totals": dict(self.totals), "config": self.cfg.to_json(),
         }
@@ -412,7 +416,8 @@ class Synchronizer:
         self.step_count = int(state["step"])
         self.syncs = int(state["syncs"])
         self.comm_bytes = int(state["comm_bytes"])
-        self.world.bytes.by_kind = dict(state["mpi_bytes"])
+        for kind, n in state["mpi_bytes"].items():
+            self._bytes_base[kind] = self.world.bytes.get(kind) - n
         self.w0.copy_(state["w0"])
         if self.xi is not None:
             self.xi = state["xi"].to(self.w0.device)

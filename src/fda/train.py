@@ -75,6 +75,7 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, overwrite: bool =
     ctx = ctx or fda.init(seed=cfg.seed, device=cfg.device, threads=cfg.threads,
                           workers_per_rank=cfg.workers_per_rank, gpu_aware_mpi=cfg.gpu_aware_mpi)
     out = Path(out)
+    checkpoint.prepare_out_dir(out, ctx, resume=resume, overwrite=overwrite)
     ckpt = checkpoint.find_latest(out, ctx) if resume else None
     if resume and ckpt is None:
         raise ConfigError(f"--resume: no checkpoint in {out}/checkpoints (set checkpoint_every)")
@@ -90,6 +91,8 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, overwrite: bool =
             models.append(build_model(cfg.model, data.input_shape, data.num_classes).to(ctx.device))
     spe = steps_per_epoch(data.num_train, ctx.workers, cfg.batch_size)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * spe))
+    if ckpt is not None and ckpt.step >= total_steps:  # e.g. a requeued job that had finished
+        return {"already_complete": True, "steps": ckpt.step, "out": str(out)}
     x_train, y_train = data.x_train.to(ctx.device), data.y_train.to(ctx.device)
     loaders = [ShardLoader(x_train, y_train, parts[k], cfg.batch_size, seed=cfg.seed, worker=k)
                for k in ctx.worker_ids()]

@@ -1,0 +1,30 @@
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MPIEXEC = Path(sys.executable).parent / "mpiexec"
+
+
+@pytest.fixture
+def shared_dir():
+    """A temporary directory that every MPI rank agrees on (rank 0 creates it)."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    path = tempfile.mkdtemp(prefix="fda-test-") if comm.rank == 0 else None
+    path = comm.bcast(path, root=0)
+    yield Path(path)
+    comm.Barrier()
+
+
+def run_fda(*args, n=2, timeout=240, cwd=None, env=None):
+    """Run `mpiexec -n N python -m fda ...` and return the CompletedProcess."""
+    import subprocess
+
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    cmd = [str(MPIEXEC), "-n", str(n), sys.executable, "-m", "fda", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO, env=full_env)
