@@ -151,7 +151,15 @@ def cmd_preflight(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE settings may come before or after options
+    settings = [e for e in extra if "=" in e and not e.startswith("-")]
+    unknown = [e for e in extra if e not in settings]
+    if unknown or (settings and not hasattr(args, "settings")):
+        parser.error("unrecognized arguments: " + " ".join(unknown or settings))
+    if settings:
+        args.settings = list(args.settings) + settings
     handler = {"train": cmd_train, "data": cmd_data, "report": cmd_report, "preflight": cmd_preflight}
     return handler[args.command](args)
 

@@ -117,7 +117,8 @@ class ShardLoader:
         start = self._pos * self._bs
         sel = self._order[start : start + self._bs]
         self._pos += 1
-        return self.x[sel], self.y[sel]
+        ysel = sel if self.y.device == sel.device else sel.to(self.y.device)
+        return self.x[sel], self.y[ysel]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         while True:

@@ -4,8 +4,10 @@ Schemes (all deterministic by ``seed``; every worker gets a non-empty shard):
 
 - ``iid``: the data in a seeded shuffled order, cut into K contiguous shards (sizes differ by <= 1).
 - ``noniid``: the first ``noniid_fraction`` of the shuffled training set is sorted by label and
-  dealt into K contiguous pieces; the rest is cut into K pieces as is; worker k gets piece k of
-  each part (so with fraction 0.6, ~60% of each worker's data comes from 1-2 labels).
+  dealt into K contiguous pieces; the rest is cut into K contiguous pieces (sized so that shard
+  sizes differ by <= 1); worker k gets piece k of each part (so with fraction 0.6, ~60% of each
+  worker's data comes from the 1-2 labels of its sorted piece). Each shard lists its sorted piece
+  first.
 - ``label``: all samples of label ``label_value`` are placed first (in shuffled order), then the
   rest (shuffled); the sequence is cut into K contiguous shards, so label Y lands on few workers.
 - ``dirichlet``: for each class, proportions across the K workers drawn from
@@ -76,7 +78,13 @@ def partition(
         n1 = int(round(frac * n))
         head, tail = perm[:n1], perm[n1:]
         head = head[np.argsort(labels[head], kind="stable")]
-        parts = [np.concatenate([a, b]) for a, b in zip(_split(head, k), _split(tail, k))]
+        # Worker w gets sorted piece w of the head and a tail piece sized so that the shard
+        # sizes are balanced (differ by <= 1), which also keeps every shard non-empty.
+        sizes = np.array([a.size for a in np.array_split(np.empty(n), k)])
+        head_sizes = np.array([a.size for a in np.array_split(head, k)])
+        tail_cuts = np.cumsum(sizes - head_sizes)[:-1]  # sizes - head_sizes >= 0 always
+        parts = [np.concatenate([a, b]).astype(np.int64)
+                 for a, b in zip(_split(head, k), np.split(tail, tail_cuts))]
 
     elif key == "label":
         y = int(label_value)
@@ -179,7 +187,9 @@ def data_info(
     partition_params = {k: v for k, v in partition_params.items() if v is not None}
     parts = _partition(labels, num_workers, scheme, seed=seed, **partition_params)
     sizes = [p.size for p in parts]
-    params = ", ".join(f"{k}={v}" for k, v in sorted(partition_params.items()))
+    relevant = {"noniid": "noniid_fraction", "label": "label_value", "dirichlet": "dirichlet_alpha"}
+    key = _SCHEME_ALIASES.get(str(scheme).strip().lower(), str(scheme).strip().lower())
+    params = ", ".join(f"{k}={v}" for k, v in sorted(partition_params.items()) if k == relevant.get(key))
     head = [
         f"dataset   {ds.name}: {ds.num_train} train / {ds.num_test} test, input {ds.input_shape}, "
         f"{ds.num_classes} classes",

@@ -26,6 +26,7 @@ The torchvision models need ``torchvision`` (``pip install fda[vision]``); witho
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -171,12 +172,22 @@ def _load_weights(model: nn.Module, name: str, weights) -> bool:
             state = torch.load(p, map_location="cpu", weights_only=True)
             if isinstance(state, dict) and "state_dict" in state:
                 state = state["state_dict"]
+            if name.startswith("densenet"):  # old torchvision DenseNet checkpoints: "norm.1" -> "norm1"
+                pat = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+                state = {(pat.sub(lambda m: m.group(1) + m.group(2), k)): v for k, v in state.items()}
             own = model.state_dict()
-            # the classifier is replaced: load everything whose name and shape match
+            # the classifier (and a non-RGB stem) are replaced: load everything whose name and shape match
             keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
             if not keep:
                 raise ModelError(f"{p}: no parameter of {name} matches this checkpoint")
             model.load_state_dict(keep, strict=False)
+            missing = [k for k in own if k not in keep]
+            if len(missing) > 8:
+                warnings.warn(
+                    f"{name}: loaded {len(keep)} of {len(own)} tensors from {p}; {len(missing)} left at "
+                    f"random init (e.g. {missing[:3]})",
+                    stacklevel=4,
+                )
             return True
     return False
 

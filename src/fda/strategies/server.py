@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import torch
 
 
@@ -58,7 +60,7 @@ class ServerOptimizer:
         if state.get("opt") is None:
             return
         if self._opt is None:
-            self._pending_state = state["opt"]
+            self._pending_state = copy.deepcopy(state["opt"])
         else:
             self._opt.load_state_dict(state["opt"])
 

@@ -1,0 +1,41 @@
+"""K = ranks x workers_per_rank: the same K on 4x1, 2x2 and 1x4 gives the same run."""
+import numpy as np
+import pytest
+
+from conftest import run_fda
+from fda.h5log import open_log
+
+SETTINGS = ["dataset=synthetic", "model=mlp", "max_steps=40", "eval_every=20", "threads=1",
+            "strategy=fda", "monitor=sketch", "theta=0.05", "--no-progress"]
+
+
+def steps_of(out):
+    with open_log(out) as f:
+        assert f.attrs["status"] == "completed"
+        assert f.attrs["workers"] == 4
+        return {n: f["steps"][n][()] for n in f["steps"]}, {n: f["evals"][n][()] for n in f["evals"]}
+
+
+def test_same_metrics_for_any_split_of_k_workers(tmp_path):
+    logs = {}
+    for ranks, per_rank in ((4, 1), (2, 2), (1, 4)):
+        out = tmp_path / f"{ranks}x{per_rank}"
+        res = run_fda("train", *SETTINGS, f"workers_per_rank={per_rank}", "--out", out, n=ranks)
+        assert res.returncode == 0, res.stderr[-2000:]
+        logs[(ranks, per_rank)] = steps_of(out)
+    ref_steps, ref_evals = logs[(4, 1)]
+    assert 0 < ref_steps["synced"].sum() < 40
+    for key, (steps, evals) in logs.items():
+        # same decisions and accounting exactly; floats up to summation order
+        np.testing.assert_array_equal(steps["synced"], ref_steps["synced"], err_msg=str(key))
+        np.testing.assert_array_equal(steps["comm_bytes"], ref_steps["comm_bytes"], err_msg=str(key))
+        np.testing.assert_allclose(steps["loss"], ref_steps["loss"], rtol=1e-4, err_msg=str(key))
+        np.testing.assert_allclose(steps["var_bound"], ref_steps["var_bound"], rtol=1e-3, atol=1e-6)
+        np.testing.assert_allclose(evals["test_acc"], ref_evals["test_acc"], atol=2e-3, err_msg=str(key))
+
+
+def test_workers_per_rank_needs_enough_samples(tmp_path):
+    res = run_fda("train", "dataset=synthetic", "model=mlp", "max_steps=2", "threads=1",
+                  "workers_per_rank=5000", "--out", tmp_path / "x", n=1)
+    assert res.returncode == 2
+    assert "worker" in res.stderr.lower()
