@@ -1,6 +1,7 @@
 """`fda.init`: the MPI world, node-local device binding, per-rank threads, failure handling."""
 from __future__ import annotations
 
+import atexit
 import math
 import sys
 import traceback
@@ -15,10 +16,14 @@ from fda.comm import Comm, cpu_threads_for_rank
 
 @dataclass
 class Context:
-    """What a rank knows about the run it is part of.
+    """What a rank knows about the run it is part of (made by `fda.init`).
 
-    comm: the mpi4py communicator (for your own collectives); world: fda's wrapper of it
-    (accounting, failure path); workers = world_size * workers_per_rank.
+    comm: the mpi4py communicator, for your own collectives (e.g. `ctx.comm.allreduce(x)`);
+    world: fda's wrapper of it (byte accounting, failure path); rank / world_size: MPI's;
+    workers = world_size * workers_per_rank (K, the number of models averaged);
+    device: this rank's torch device; threads: torch CPU threads; seed: the run's seed.
+    shard_batches: batches per pass of the last `fda.shard` made with this context (None
+    before one is made); `Synchronizer.should_evaluate` falls back to it.
     """
     comm: MPI.Comm
     world: Comm
@@ -28,17 +33,21 @@ class Context:
     device: torch.device
     threads: int
     seed: int
+    shard_batches: int | None = None
 
     @property
     def workers(self) -> int:
+        """K: the number of workers (models) over all ranks."""
         return self.world_size * self.workers_per_rank
 
     @property
     def local_rank(self) -> int:
+        """This rank's index among the ranks on its node."""
         return self.world.local_rank
 
     @property
     def is_root(self) -> bool:
+        """True on rank 0 (the rank that writes the log)."""
         return self.rank == 0
 
     def worker_ids(self) -> list[int]:
@@ -62,12 +71,23 @@ def _install_excepthook(world: Comm) -> None:
 
 def init(seed: int = 0, *, device: str = "auto", threads: int | None = None, workers_per_rank: int = 1,
          gpu_aware_mpi: str = "auto", comm: MPI.Comm | None = None, abort_on_error: bool = True) -> Context:
-    """Join the MPI world and bind this rank to its device and cores.
+    """Join the MPI world and bind this rank to its device and cores; returns a `Context`.
 
-    - device: 'auto' takes CUDA device (node-local rank mod #GPUs) when CUDA is there, else the CPU.
+    Call it once per process, before building the model (launch with `mpiexec -n K`; a plain
+    `python script.py` is a world of one rank).
+    - seed: seeds torch (seed + rank) and numpy; `Synchronizer` broadcasts rank 0's initial
+      model, so different per-rank initialisations do not matter.
+    - device: 'auto' takes CUDA device (node-local rank mod #GPUs) when CUDA is there, else the
+      CPU; 'cpu' or 'cuda' to insist.
     - threads: torch CPU threads; default = the cores the launcher bound this rank to, or
       the node's cores divided by the ranks on the node.
-    - abort_on_error: an uncaught exception on any rank aborts the whole job (no hang).
+    - workers_per_rank: models this rank hosts (then pass a list of that many to Synchronizer).
+    - gpu_aware_mpi: 'auto' | 'true' | 'false': hand GPU buffers to MPI directly or stage them.
+    - comm: an mpi4py communicator to run on (default MPI.COMM_WORLD).
+    - abort_on_error: an uncaught exception on any rank aborts the whole job (no hang), after
+      rank 0 has marked the log failed.
+    Raises ValueError for an impossible request (workers_per_rank < 1, device='cuda' without CUDA,
+    gpu_aware_mpi='true' with an MPI that lacks CUDA support).
     """
     if workers_per_rank < 1:
         raise ValueError("workers_per_rank must be >= 1")
@@ -78,6 +98,8 @@ def init(seed: int = 0, *, device: str = "auto", threads: int | None = None, wor
     torch.manual_seed(seed + world.rank)
     np.random.seed((seed * 7919 + world.rank) % 2**32)
     world.watch_failures()
+    # Cancel the watcher's pending receive before mpi4py finalizes MPI (atexit runs last-in first-out).
+    atexit.register(world.stop_watching)
     if abort_on_error:
         _install_excepthook(world)
     return Context(comm=world.comm, world=world, rank=world.rank, world_size=world.size,
@@ -85,13 +107,26 @@ def init(seed: int = 0, *, device: str = "auto", threads: int | None = None, wor
 
 
 class Shard:
-    """This rank's IID share of a map-style dataset, as mini-batches (one pass = one epoch).
+    """This rank's IID share of a map-style dataset, as mini-batches; iterating once = one epoch.
 
-    Every rank gets the same number of batches (shards of floor(N / K) samples, last
-    partial batch dropped), so no rank waits in a collective that another never enters.
+    The dataset must be the same on every rank: one seeded permutation (ctx.seed) splits it into
+    K = ctx.workers disjoint shards of floor(N / K) samples. Each `for batch in shard` pass visits
+    this worker's shard once, in a fresh order (seeded by seed, worker and pass number), as
+    `len(shard)` batches of exactly `batch_size` (the last partial batch is dropped). Every rank
+    thus makes the same number of steps per pass, so no rank waits in a collective that another
+    never enters. Loop over the same Shard again for another epoch. Its only state is `epoch`
+    (passes started so far): save it with your checkpoint and set it back to resume the order.
+
+    Batches are what `torch.utils.data.default_collate` makes of `batch_size` samples (for a
+    TensorDataset: its tensors indexed at once), where the dataset keeps them: move them to
+    ctx.device yourself.
     """
 
     def __init__(self, dataset, ctx: Context, batch_size: int, *, worker: int = 0, shuffle: bool = True):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= worker < ctx.workers_per_rank:
+            raise ValueError(f"worker={worker}: this rank hosts workers 0..{ctx.workers_per_rank - 1}")
         n = len(dataset)
         k = ctx.workers
         per_worker = n // k
@@ -106,6 +141,7 @@ class Shard:
         self.steps_per_epoch = per_worker // batch_size
 
     def __len__(self) -> int:
+        """Batches per pass (steps per epoch), the same on every rank."""
         return self.steps_per_epoch
 
     def __iter__(self):
@@ -114,14 +150,30 @@ class Shard:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.worker_id * 1009 + self.epoch)
             idx = idx[torch.randperm(len(idx), generator=g)]
         self.epoch += 1
+        tensors = self.dataset.tensors if isinstance(self.dataset, torch.utils.data.TensorDataset) else None
         for b in range(self.steps_per_epoch):
-            batch = [self.dataset[int(i)] for i in idx[b * self.batch_size:(b + 1) * self.batch_size]]
-            yield torch.utils.data.default_collate(batch)
+            sel = idx[b * self.batch_size:(b + 1) * self.batch_size]
+            if tensors is not None:
+                yield [t[sel] for t in tensors]
+            else:
+                yield torch.utils.data.default_collate([self.dataset[int(i)] for i in sel])
 
 
 def shard(dataset, ctx: Context, batch_size: int = 32, **kw) -> Shard:
-    """An optional data helper: iterate over this rank's shard of `dataset` in mini-batches."""
-    return Shard(dataset, ctx, batch_size, **kw)
+    """Optional data helper: this rank's shard of `dataset` as mini-batches (see `Shard`).
+
+        for x, y in fda.shard(my_dataset, ctx, batch_size=32):   # one epoch
+            ...
+
+    Any other loader works with fda too, as long as every rank makes the same number of
+    `Synchronizer.step()` calls. Keywords: worker (which hosted worker, for
+    workers_per_rank > 1), shuffle (default True). Also records len(shard) in
+    ctx.shard_batches, so `Synchronizer.should_evaluate()` evaluates once per pass when
+    neither eval_every nor steps_per_epoch was given.
+    """
+    s = Shard(dataset, ctx, batch_size, **kw)
+    ctx.shard_batches = len(s)
+    return s
 
 
 def steps_per_epoch(num_samples: int, workers: int, batch_size: int) -> int:

@@ -23,6 +23,7 @@ from fda.h5log import LOG_NAME, H5Log
 from fda.strategies import make_strategy
 
 FLOAT_BYTES = 4  # the paper's accounting counts float32 values
+DEFAULT_EVAL_EVERY = 100  # should_evaluate() when neither eval_every, steps_per_epoch nor fda.shard tells
 
 
 class CollectiveError(RuntimeError):
@@ -129,6 +130,7 @@ class Synchronizer:
         self.last_synced = False
         self.totals = defaultdict(float)  # seconds: compute, monitor, comm
         self._eval_flat: FlatModel | None = None
+        self.last_eval = (math.nan, math.nan)
         self._t_start = time.perf_counter()
         self._t_last = self._t_start
         self.log = self._open_log(log, resume_step=resume_step, overwrite=overwrite) if log is not None else None
@@ -184,6 +186,7 @@ class Synchronizer:
             "steps_per_epoch": self.steps_per_epoch or 0,
             "state_floats": self.monitor.state_size if self.monitor else 0,
             "device": str(self.ctx.device), "threads_per_rank": self.ctx.threads,
+            "model_class": type(self.workers[0].module).__name__,
         }
         return H5Log(out / LOG_NAME, attrs, flush_every=self.cfg.log_flush_every,
                      resume_step=resume_step)
@@ -342,7 +345,12 @@ class Synchronizer:
         return self.mpi_bytes("sync") + self.mpi_bytes("state")
 
     def should_evaluate(self) -> bool:
-        return bool(self.eval_every) and self.step_count % self.eval_every == 0
+        """True at the steps where the loop should evaluate `averaged_model()` (the same on every rank):
+        every `eval_every` steps (setting); else every `steps_per_epoch` steps when given; else once
+        per pass over the last `fda.shard(...)` made with this ctx (ctx.shard_batches); else every
+        DEFAULT_EVAL_EVERY (100) steps."""
+        every = self.eval_every or self.ctx.shard_batches or DEFAULT_EVAL_EVERY
+        return self.step_count % every == 0
 
     def averaged_model(self) -> torch.nn.Module:
         """The mean of the K current models (a separate module; the local models are unchanged).
@@ -350,6 +358,8 @@ class Synchronizer:
         if self._eval_flat is None:
             self._eval_flat = FlatModel(copy.deepcopy(self.workers[0].module))
         target = self._eval_flat
+        # frozen parameters and non-float32 buffers are outside the flat buffer: take worker 0's current ones
+        target.module.load_state_dict(self.workers[0].module.state_dict())
         if self.last_synced or self.K == 1:
             target.flat.copy_(self.workers[0].flat)
         else:
@@ -405,7 +415,8 @@ class Synchronizer:
         """Everything the synchronizer keeps between steps (models and optimizers are yours)."""
         return {
             "step": self.step_count, "syncs": self.syncs, "comm_bytes": self.comm_bytes,
-            "mpi_bytes": {k: self.mpi_bytes(k) for k in self.world.bytes.by_kind}, "w0": self.w0.clone(),
+            "mpi_bytes": {k: self.mpi_bytes(k) for k in sorted({*self.world.bytes.by_kind, *self._bytes_base})},
+            "w0": self.w0.clone(),
             "xi": None if self.xi is None else self.xi.clone(), "strategy": self.strategy.state_dict(),
             "totals": dict(self.totals), "config": self.cfg.to_json(),
         }
