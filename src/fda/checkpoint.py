@@ -78,9 +78,14 @@ def find_latest(out: Path, ctx) -> Checkpoint | None:
     problem, step = None, None
     if ctx.is_root:
         latest = _dir(out) / "LATEST"
-        if latest.is_file():
-            step = int(latest.read_text().strip())
-    step = ctx.world.bcast_object(step)
+        try:
+            if latest.is_file():
+                step = int(latest.read_text().strip())
+        except (OSError, ValueError) as e:
+            problem = f"cannot read {latest}: {e}"
+    step, problem = ctx.world.bcast_object((step, problem))
+    if problem:
+        raise ConfigError(problem)
     if step is None:
         return None
     path = _dir(out) / f"step_{step}" / f"rank_{ctx.rank}.pt"
@@ -108,11 +113,12 @@ def restore(ckpt: Checkpoint, sync, models, optimizers, loaders) -> None:
     for ld, st in zip(loaders, s["loaders"]):
         ld.load_state_dict(st)
     rng = s["rng"]
-    torch.set_rng_state(rng["torch"])
+    # the file was loaded with map_location=device; RNG states must be CPU byte tensors
+    torch.set_rng_state(rng["torch"].cpu())
     np.random.set_state(rng["numpy"])
     random.setstate(rng["python"])
     if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+        torch.cuda.set_rng_state_all([t.cpu() for t in rng["cuda"]])
 
 
 def write_config(out: Path, cfg: Config) -> None:
@@ -125,7 +131,42 @@ def read_config(out: Path) -> Config:
     path = Path(out) / "config.json"
     if not path.is_file():
         raise ConfigError(f"--resume: {out} holds no run (no config.json)")
-    return config_from_json(path.read_text())
+    try:
+        return config_from_json(path.read_text())
+    except ConfigError as e:
+        raise ConfigError(f"--resume: {path} is not a valid run configuration: {e}") from None
+    except (OSError, ValueError) as e:  # unreadable or not JSON
+        raise ConfigError(f"--resume: cannot read {path}: {e}") from None
+
+
+def holds_run(out: Path) -> bool:
+    out = Path(out)
+    return any(p.exists() for p in (out / "metrics.h5", out / "config.json", _dir(out) / "LATEST"))
+
+
+def prepare_out_dir(out: Path, ctx, *, resume: bool, overwrite: bool) -> None:
+    """Before any data is loaded: refuse to mix two runs in one directory, clear it for --overwrite,
+    and make sure rank 0 can write there. Raises the same ConfigError on every rank."""
+    problem = None
+    if ctx.is_root:
+        out = Path(out)
+        try:
+            if not resume and holds_run(out):
+                if not overwrite:
+                    raise ConfigError(f"{out} already holds a run; pass --resume {out} to continue it "
+                                      "or --overwrite to replace it")
+                clear(out)  # stale checkpoints must never be resumed into the new run
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / f".fda-write-test-{os.getpid()}"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except ConfigError as e:
+            problem = str(e)
+        except OSError as e:
+            problem = f"cannot write to the output directory {out}: {e}"
+    problem = ctx.world.bcast_object(problem)
+    if problem:
+        raise ConfigError(problem)
 
 
 def clear(out: Path) -> None:

@@ -70,7 +70,9 @@ def cmd_train(args) -> int:
             if args.config or args.settings:
                 cfg = make_config(stored.model_dump(), file=args.config, overrides=args.settings)
                 if cfg != stored:
-                    raise ConfigError(f"the run in {args.resume} has a different configuration; "
+                    changed = ", ".join(f"{k}: {v!r} -> {getattr(cfg, k)!r}"
+                                        for k, v in stored.model_dump().items() if getattr(cfg, k) != v)
+                    raise ConfigError(f"the run in {args.resume} has a different configuration ({changed}); "
                                       "resume it without changing settings")
             out = args.resume
         else:

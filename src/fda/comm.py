@@ -25,18 +25,27 @@ _OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
 
 
 def mpi_cuda_support() -> bool:
-    """True when the loaded MPI library says it can take CUDA device pointers."""
-    for name in ("MPIX_Query_cuda_support",):
-        try:
-            fn = getattr(ctypes.CDLL(None), name)
-        except (AttributeError, OSError):
-            continue
-        fn.restype = ctypes.c_int
-        try:
-            return bool(fn())
-        except Exception:  # pragma: no cover - a broken MPI library
-            return False
-    return False
+    """True when the loaded MPI library says it can take CUDA device pointers.
+
+    The symbol is looked up through mpi4py's extension module: libmpi is its dependency,
+    loaded RTLD_LOCAL, so it is not in the global namespace that CDLL(None) searches.
+    FDA_MPI_CUDA_AWARE=1|0 overrides the answer for libraries that can't report it.
+    """
+    forced = os.environ.get("FDA_MPI_CUDA_AWARE", "").strip().lower()
+    if forced in ("1", "true", "yes"):
+        return True
+    if forced in ("0", "false", "no"):
+        return False
+    try:
+        lib = ctypes.CDLL(MPI.__file__)
+        fn = lib.MPIX_Query_cuda_support
+    except (AttributeError, OSError):
+        return False
+    fn.restype = ctypes.c_int
+    try:
+        return bool(fn())
+    except Exception:  # pragma: no cover - a broken MPI library
+        return False
 
 
 def cpu_threads_for_rank(local_size: int) -> int:
@@ -48,6 +57,9 @@ def cpu_threads_for_rank(local_size: int) -> int:
     total = os.cpu_count() or mine
     if mine < total:  # srun --cpus-per-task / mpirun --bind-to bound us: use what we were given
         return max(1, mine)
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:  # SLURM without CPU binding (task/none): its count still holds
+        return min(int(slurm), total)
     return max(1, total // max(1, local_size))
 
 
@@ -88,6 +100,7 @@ class Comm:
         self.cuda_aware = self._resolve_gpu_aware(gpu_aware)
         self._staging: dict = {}
         self._watcher: _FailureWatcher | None = None
+        self._failure_callback: Callable[[int, str], None] | None = None
 
     # ------------------------------------------------------------------ set-up
     def _resolve_gpu_aware(self, mode: str) -> bool:
@@ -161,17 +174,31 @@ class Comm:
     # ---------------------------------------------------------------- failures
     def watch_failures(self, on_remote_failure: Callable[[int, str], None] | None = None) -> None:
         """Start listening for failures announced by other ranks (see `fail`)."""
+        if on_remote_failure is not None:
+            self._failure_callback = on_remote_failure
         if self._watcher is None and self.size > 1:
-            self._watcher = _FailureWatcher(self, on_remote_failure)
+            self._watcher = _FailureWatcher(self)
             self._watcher.start()
 
     def set_failure_callback(self, cb: Callable[[int, str], None] | None) -> None:
-        if self._watcher is not None:
-            self._watcher.callback = cb
+        """What rank 0 runs (failing rank, message) before the job is aborted: e.g. mark the log failed."""
+        self._failure_callback = cb
+
+    def record_failure(self, source: int, message: str) -> None:
+        """Rank 0: run the failure callback once, never raising (the job must end regardless)."""
+        cb, self._failure_callback = self._failure_callback, None
+        if self.rank != 0 or cb is None:
+            return
+        try:
+            cb(source, message)
+        except Exception as e:  # the log is best effort here
+            print(f"fda: rank 0 could not record the failure: {e}", file=sys.stderr, flush=True)
 
     def fail(self, message: str, exit_code: int = 1, grace_s: float = 10.0) -> None:
         """End every rank now: print once, tell the others (rank 0 marks the log), then Abort."""
         print(f"fda: error on rank {self.rank}: {message}", file=sys.stderr, flush=True)
+        if self.rank == 0:
+            self.record_failure(0, message)
         if self.size > 1 and self._watcher is not None:
             self._watcher.announce(message, grace_s)
         sys.stderr.flush()
@@ -191,10 +218,9 @@ class _FailureWatcher(threading.Thread):
     the training process needs.
     """
 
-    def __init__(self, owner: Comm, callback):
+    def __init__(self, owner: Comm):
         super().__init__(daemon=True, name="fda-failure-watcher")
         self.owner = owner
-        self.callback = callback
         self.errcomm = owner.comm.Dup()
         self._halt = threading.Event()
         self._buf = bytearray(1 << 16)
@@ -212,12 +238,8 @@ class _FailureWatcher(threading.Thread):
 
     def _handle(self, source: int, message: str) -> None:
         owner = self.owner
-        if owner.rank == 0 and self.callback is not None:
-            try:
-                self.callback(source, message)
-            except Exception as e:  # the log is best effort here; the job must still end
-                print(f"fda: rank 0 could not record the failure: {e}", file=sys.stderr, flush=True)
         if owner.rank == 0:
+            owner.record_failure(source, message)
             self.errcomm.Send(b"ok", dest=source, tag=_ACK_TAG)
             time.sleep(0.2)
             owner.comm.Abort(1)

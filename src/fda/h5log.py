@@ -10,13 +10,18 @@ Schema (names are an interface: `fda report` and users' tools read them):
 Crash safety: the file is written in HDF5 SWMR mode. Rows are buffered in memory and
 appended at every evaluation and every `flush_every` steps; SWMR orders the metadata
 writes so that after a SIGKILL at any moment the file opens (read it with
-`open_log`) and holds every row up to the last flush. Attributes cannot change under
-SWMR, so the final status is written after the SWMR session is closed.
+`open_log`) and holds every row up to the last flush. SWMR makes each dataset
+consistent on its own, not the group: a kill in the middle of a flush can leave some
+fields one flush longer than others, so `open_log` then returns an in-memory copy cut to
+the rows every field has. Attributes cannot change under SWMR, so the final status is
+written after the SWMR session is closed, on a copy that then replaces the file
+(a kill during close leaves the complete running-status log, never a half-written one).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -45,9 +50,37 @@ def open_log(path: str | Path) -> h5py.File:
     if not path.is_file():
         raise FileNotFoundError(f"no log at {path}")
     try:
-        return h5py.File(path, "r", libver="latest", swmr=True)
+        f = h5py.File(path, "r", libver="latest", swmr=True)
     except OSError:
-        return h5py.File(path, "r")
+        f = h5py.File(path, "r")
+    rows = _committed_rows(f)
+    return f if rows is None else _truncated_copy(f, rows)
+
+
+def _committed_rows(f: h5py.File) -> dict | None:
+    """Rows per group that every field holds, or None when the fields already agree."""
+    rows, ragged = {}, False
+    for group in ("steps", "evals"):
+        if group not in f:
+            continue
+        lengths = {f[group][name].shape[0] for name in f[group]}
+        rows[group] = min(lengths) if lengths else 0
+        ragged |= len(lengths) > 1
+    return rows if ragged else None
+
+
+def _truncated_copy(f: h5py.File, rows: dict) -> h5py.File:
+    """An in-memory (never written) copy of a log of a killed writer, cut to its committed rows."""
+    import uuid
+    mem = h5py.File(f"fda-log-{uuid.uuid4().hex}.h5", "w", driver="core", backing_store=False)
+    for k, v in f.attrs.items():
+        mem.attrs[k] = v
+    for group, n in rows.items():
+        g = mem.create_group(group)
+        for name in f[group]:
+            g.create_dataset(name, data=f[group][name][:n], maxshape=(None,))
+    f.close()
+    return mem
 
 
 class H5Log:
@@ -146,8 +179,13 @@ class H5Log:
             self._flush_locked()
             self._f.close()
             self._closed = True
-            with h5py.File(self.path, "r+", libver="latest") as f:
+            tmp = self.path.with_suffix(".h5.closing")
+            shutil.copyfile(self.path, tmp)
+            with h5py.File(tmp, "r+", libver="latest") as f:
                 f.attrs["status"] = status
                 f.attrs["error"] = error
                 for k, v in (extra_attrs or {}).items():
                     f.attrs[k] = v
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)

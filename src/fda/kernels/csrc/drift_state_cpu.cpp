@@ -20,16 +20,40 @@
 // clone gives the same bits.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
+#include "drift_state.h"
 #include "hash.h"
 
 namespace fda {
+
+void check_drift_state_inputs(const at::Tensor& w, const at::Tensor& w0,
+                              const c10::optional<at::Tensor>& xi, int64_t depth, int64_t width) {
+  TORCH_CHECK(w.dtype() == at::kFloat && w0.dtype() == at::kFloat, "drift_state: w and w0 must be float32");
+  TORCH_CHECK(w.dim() == 1 && w0.dim() == 1, "drift_state: w and w0 must be 1-D");
+  TORCH_CHECK(w.is_contiguous() && w0.is_contiguous(), "drift_state: w and w0 must be contiguous");
+  TORCH_CHECK(w.numel() == w0.numel(), "drift_state: w and w0 differ in length");
+  TORCH_CHECK(w.device() == w0.device(), "drift_state: w and w0 are on different devices");
+  if (xi.has_value()) {
+    const at::Tensor& x = *xi;
+    TORCH_CHECK(x.dtype() == at::kFloat && x.dim() == 1 && x.is_contiguous(),
+                "drift_state: xi must be a contiguous 1-D float32 tensor");
+    TORCH_CHECK(x.numel() == w.numel(), "drift_state: xi and w differ in length");
+    TORCH_CHECK(x.device() == w.device(), "drift_state: xi and w are on different devices");
+  }
+  TORCH_CHECK(depth >= 0 && width >= 0 && (depth == 0) == (width == 0),
+              "drift_state: depth and width must both be > 0 or both be 0");
+  TORCH_CHECK(width < static_cast<int64_t>(hash::kPrime), "drift_state: width must be < 2^31 - 1");
+  TORCH_CHECK(depth * width < (int64_t(1) << 31), "drift_state: sketch too large");
+  TORCH_CHECK(w.numel() < static_cast<int64_t>(hash::kPrime),
+              "drift_state: vectors must have fewer than 2^31 - 1 elements");
+}
+
 namespace {
 
 constexpr int64_t kNormBlock = 1 << 14;  // norm/dot partial granularity (fixed)
@@ -45,21 +69,44 @@ constexpr int64_t kSub = 512;            // sub-block staged in L1 (multiple of 
 #define FDA_CLONES
 #endif
 
-// Norm (and dot) partial of n elements, n <= kNormBlock.  Fixed lane structure -> the summation
-// order is independent of the ISA and of the thread count.
+// Norm (and dot) partial of n elements, n <= kNormBlock.  Fixed lane structure (16 float64
+// accumulators, element j goes to lane j % 16), written with GCC vector extensions, so the
+// summation order is independent of the ISA clone and of the thread count.
+typedef float v8f __attribute__((vector_size(32)));
+typedef double v8d __attribute__((vector_size(64)));
+
+FDA_AI v8d load_v8d(const float* p) {
+  v8f f;
+  std::memcpy(&f, p, sizeof(f));
+  return __builtin_convertvector(f, v8d);
+}
+FDA_AI v8d diff_v8d(const float* a, const float* b) {
+  v8f x, y;
+  std::memcpy(&x, a, sizeof(x));
+  std::memcpy(&y, b, sizeof(y));
+  return __builtin_convertvector(x - y, v8d);  // float32 subtraction, then widen
+}
+
 template <bool kDot>
 FDA_AI void norm_partial(const float* __restrict w, const float* __restrict w0,
                          const float* __restrict xi, int64_t n, double* sq_out, double* dot_out) {
-  double sq[kNormLanes] = {0.0};
-  double dt[kNormLanes] = {0.0};
+  static_assert(kNormLanes == 16, "two v8d accumulators");
+  v8d s0 = {0}, s1 = {0}, t0 = {0}, t1 = {0};
   int64_t j = 0;
   for (; j + kNormLanes <= n; j += kNormLanes) {
-    for (int l = 0; l < kNormLanes; ++l) {
-      const double u = static_cast<double>(w[j + l] - w0[j + l]);
-      sq[l] += u * u;
-      if (kDot) dt[l] += static_cast<double>(xi[j + l]) * u;
+    const v8d u0 = diff_v8d(w + j, w0 + j), u1 = diff_v8d(w + j + 8, w0 + j + 8);
+    s0 += u0 * u0;
+    s1 += u1 * u1;
+    if (kDot) {
+      t0 += load_v8d(xi + j) * u0;
+      t1 += load_v8d(xi + j + 8) * u1;
     }
   }
+  double sq[kNormLanes], dt[kNormLanes];
+  std::memcpy(sq, &s0, sizeof(s0));
+  std::memcpy(sq + 8, &s1, sizeof(s1));
+  std::memcpy(dt, &t0, sizeof(t0));
+  std::memcpy(dt + 8, &t1, sizeof(t1));
   for (int l = 0; j < n; ++j, ++l) {
     const double u = static_cast<double>(w[j] - w0[j]);
     sq[l] += u * u;
@@ -103,7 +150,9 @@ inline void init_row(RowState& s, const Coeffs& c, int64_t first) {
 }
 
 // Sketch + norms for one chunk [begin, begin + n).  sk: zeroed float [depth * width].
-template <bool kDot>
+// kMode: 0 = the op; 1 = hash only (no scatter; bench/kernel.py's breakdown); 2 = no hashing
+// (scatter u_i into bucket i % width of every row; bench only).
+template <bool kDot, int kMode = 0>
 FDA_AI void chunk_sketch_impl(const float* __restrict w, const float* __restrict w0,
                               const float* __restrict xi, int64_t begin, int64_t n,
                               const Coeffs* coeffs, int depth, uint32_t width, float* __restrict sk,
@@ -140,6 +189,16 @@ FDA_AI void chunk_sketch_impl(const float* __restrict w, const float* __restrict
         D2[l] = S.D2[l];
         D3[l] = S.D3[l];
       }
+      if (kMode == 2) {
+        uint32_t b = static_cast<uint32_t>(s0 % width);
+        for (int64_t j = 0; j < ns; ++j) {
+          float v;
+          std::memcpy(&v, &ubits[j], 4);
+          sk[off + b] += v;
+          b = b + 1 == width ? 0 : b + 1;
+        }
+        continue;
+      }
       for (int64_t j = 0; j < ns; j += kLanes) {
         for (int l = 0; l < kLanes; ++l) {
           const uint32_t g = P[l];
@@ -154,6 +213,12 @@ FDA_AI void chunk_sketch_impl(const float* __restrict w, const float* __restrict
         S.P[l] = P[l];
         S.D1[l] = D1[l];
         S.D2[l] = D2[l];
+      }
+      if (kMode == 1) {  // keep the hash work alive without scattering
+        uint32_t x = 0;
+        for (int64_t j = 0; j < ns; ++j) x ^= idx[j] + val[j];
+        sk[x % width] += 1e-30f;
+        continue;
       }
       for (int64_t j = 0; j < ns; ++j) {
         float v;
@@ -175,8 +240,12 @@ FDA_AI void chunk_sketch_impl(const float* __restrict w, const float* __restrict
 
 FDA_CLONES void chunk_sketch(const float* w, const float* w0, const float* xi, int64_t begin,
                              int64_t n, const Coeffs* coeffs, int depth, uint32_t width, float* sk,
-                             double* sq_parts, double* dot_parts) {
-  if (xi)
+                             double* sq_parts, double* dot_parts, int mode) {
+  if (mode == 1)
+    chunk_sketch_impl<false, 1>(w, w0, xi, begin, n, coeffs, depth, width, sk, sq_parts, dot_parts);
+  else if (mode == 2)
+    chunk_sketch_impl<false, 2>(w, w0, xi, begin, n, coeffs, depth, width, sk, sq_parts, dot_parts);
+  else if (xi)
     chunk_sketch_impl<true>(w, w0, xi, begin, n, coeffs, depth, width, sk, sq_parts, dot_parts);
   else
     chunk_sketch_impl<false>(w, w0, xi, begin, n, coeffs, depth, width, sk, sq_parts, dot_parts);
@@ -193,32 +262,11 @@ FDA_CLONES void norm_blocks(const float* w, const float* w0, const float* xi, in
   }
 }
 
-void check_inputs(const at::Tensor& w, const at::Tensor& w0, const c10::optional<at::Tensor>& xi,
-                  int64_t depth, int64_t width) {
-  TORCH_CHECK(w.dtype() == at::kFloat && w0.dtype() == at::kFloat, "drift_state: w and w0 must be float32");
-  TORCH_CHECK(w.dim() == 1 && w0.dim() == 1, "drift_state: w and w0 must be 1-D");
-  TORCH_CHECK(w.is_contiguous() && w0.is_contiguous(), "drift_state: w and w0 must be contiguous");
-  TORCH_CHECK(w.numel() == w0.numel(), "drift_state: w and w0 differ in length");
-  TORCH_CHECK(w.device() == w0.device(), "drift_state: w and w0 are on different devices");
-  if (xi.has_value()) {
-    const at::Tensor& x = *xi;
-    TORCH_CHECK(x.dtype() == at::kFloat && x.dim() == 1 && x.is_contiguous(),
-                "drift_state: xi must be a contiguous 1-D float32 tensor");
-    TORCH_CHECK(x.numel() == w.numel(), "drift_state: xi and w differ in length");
-    TORCH_CHECK(x.device() == w.device(), "drift_state: xi and w are on different devices");
-  }
-  TORCH_CHECK(depth >= 0 && width >= 0 && (depth == 0) == (width == 0),
-              "drift_state: depth and width must both be > 0 or both be 0");
-  TORCH_CHECK(width < static_cast<int64_t>(hash::kPrime), "drift_state: width must be < 2^31 - 1");
-  TORCH_CHECK(depth * width < (int64_t(1) << 31), "drift_state: sketch too large");
-  TORCH_CHECK(w.numel() < static_cast<int64_t>(hash::kPrime),
-              "drift_state: vectors must have fewer than 2^31 - 1 elements");
-}
-
-std::tuple<at::Tensor, at::Tensor> drift_state_cpu(const at::Tensor& w, const at::Tensor& w0,
-                                                   const c10::optional<at::Tensor>& xi_opt,
-                                                   int64_t depth, int64_t width, int64_t seed) {
-  check_inputs(w, w0, xi_opt, depth, width);
+std::tuple<at::Tensor, at::Tensor> drift_state_cpu_impl(const at::Tensor& w, const at::Tensor& w0,
+                                                        const c10::optional<at::Tensor>& xi_opt,
+                                                        int64_t depth, int64_t width, int64_t seed,
+                                                        int mode) {
+  check_drift_state_inputs(w, w0, xi_opt, depth, width);
   const int64_t d = w.numel();
   const float* wp = w.data_ptr<float>();
   const float* w0p = w0.data_ptr<float>();
@@ -258,7 +306,8 @@ std::tuple<at::Tensor, at::Tensor> drift_state_cpu(const at::Tensor& w, const at
           std::fill(sk, sk + S, 0.0f);
           const int64_t begin = (c0 + c) * chunk, n = std::min(chunk, d - begin);
           chunk_sketch(wp, w0p, xip, begin, n, coeffs.data(), static_cast<int>(depth), m, sk,
-                       sq_parts.data() + begin / kNormBlock, dot_parts.data() + begin / kNormBlock);
+                       sq_parts.data() + begin / kNormBlock, dot_parts.data() + begin / kNormBlock,
+                       mode);
         }
       });
       at::parallel_for(0, S, 2048, [&](int64_t a, int64_t b) {
@@ -282,11 +331,30 @@ std::tuple<at::Tensor, at::Tensor> drift_state_cpu(const at::Tensor& w, const at
   return {stats, sketch};
 }
 
+std::tuple<at::Tensor, at::Tensor> drift_state_cpu(const at::Tensor& w, const at::Tensor& w0,
+                                                   const c10::optional<at::Tensor>& xi,
+                                                   int64_t depth, int64_t width, int64_t seed) {
+  return drift_state_cpu_impl(w, w0, xi, depth, width, seed, 0);
+}
+
+// Benchmark-only variants (see kMode); results are meaningless.
+std::tuple<at::Tensor, at::Tensor> drift_state_profile_cpu(const at::Tensor& w, const at::Tensor& w0,
+                                                           int64_t depth, int64_t width, int64_t seed,
+                                                           int64_t mode) {
+  TORCH_CHECK(mode == 1 || mode == 2, "_drift_state_profile: mode must be 1 or 2");
+  return drift_state_cpu_impl(w, w0, c10::nullopt, depth, width, seed, static_cast<int>(mode));
+}
+
 }  // namespace
 }  // namespace fda
 
 TORCH_LIBRARY(fda, m) {
   m.def("drift_state(Tensor w, Tensor w0, Tensor? xi, int depth, int width, int seed) -> (Tensor, Tensor)");
+  // bench/kernel.py only: mode 1 = hashing without the scatter, 2 = scatter without hashing.
+  m.def("_drift_state_profile(Tensor w, Tensor w0, int depth, int width, int seed, int mode) -> (Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(fda, CPU, m) { m.impl("drift_state", &fda::drift_state_cpu); }
+TORCH_LIBRARY_IMPL(fda, CPU, m) {
+  m.impl("drift_state", &fda::drift_state_cpu);
+  m.impl("_drift_state_profile", &fda::drift_state_profile_cpu);
+}
