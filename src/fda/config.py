@@ -92,6 +92,12 @@ class Config(BaseModel):
             raise ValueError("must be a finite number >= 0 or 'auto'")
         return value
 
+    @field_validator("gpu_aware_mpi", mode="before")
+    @classmethod
+    def _tri_state(cls, v: Any) -> Any:
+        # KEY=VALUE values are YAML scalars: gpu_aware_mpi=true arrives as a bool
+        return str(v).lower() if isinstance(v, bool) else v
+
     @field_validator("lr", "server_lr", "epochs", "noniid_fraction", "dirichlet_alpha", mode="after")
     @classmethod
     def _finite(cls, v: float) -> float:

@@ -290,9 +290,13 @@ class Synchronizer:
             buf.add_(w.flat)
         self.world.allreduce_(buf, "sum", kind="sync")
         buf.div_(self.K)
-        for w in self.workers:
-            for b in w.other_buffers:
-                self.world.allreduce_(b, "sum", kind="sync").div_(self.K)
+        for i, b in enumerate(self.workers[0].other_buffers):
+            mean_b = b.detach().clone().contiguous()
+            for w in self.workers[1:]:
+                mean_b.add_(w.other_buffers[i])
+            self.world.allreduce_(mean_b, "sum", kind="sync").div_(self.K)
+            for w in self.workers:
+                w.other_buffers[i].copy_(mean_b)
         mean = self.workers[0].params
         var_at_sync = math.nan
         if not math.isnan(mean_sqnorm):

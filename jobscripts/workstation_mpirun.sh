@@ -1,0 +1,36 @@
+#!/bin/bash
+# fda on one workstation or a single server, without a batch system:
+#   jobscripts/workstation_mpirun.sh            (run it again after a crash: it resumes)
+#
+# Lines you edit:
+#   NP        MPI ranks = FDA workers (times workers_per_rank). With GPUs: one per GPU; on a
+#             CPU-only machine: a few, each getting cores / NP torch threads.
+#   MPIEXEC   the launcher: the venv's (bundled MPICH wheel), or your system's mpirun / mpiexec
+#             if mpi4py was built against that MPI (see environment.yml).
+#   BIND      how the launcher pins ranks to cores. Hydra (MPICH): "-bind-to core:N" gives each
+#             rank N cores; Open MPI: "--map-by slot:PE=N --bind-to core". fda reads the binding
+#             and uses that many torch threads (empty BIND: cores / NP).
+#   CONFIG    the run's YAML settings file.
+#   OUT       the run directory (log, checkpoints, config).
+#   EXTRA     KEY=VALUE overrides; checkpoint_every (steps) lets a crashed run resume.
+NP=4
+MPIEXEC=${MPIEXEC:-.venv/bin/mpiexec}
+BIND=""
+CONFIG=configs/demo.yaml
+OUT=runs/workstation
+EXTRA="checkpoint_every=500"
+
+# --- nothing to edit below ---------------------------------------------------------------------
+set -eo pipefail
+cd "$(dirname "$0")/.."
+FDA=(python -m fda)
+[[ -x .venv/bin/python ]] && FDA=(.venv/bin/python -m fda)
+
+# MPI, rank -> device binding, kernels, data files, output directory: seconds, before the work.
+$MPIEXEC -n "$NP" $BIND "${FDA[@]}" preflight --config "$CONFIG" --out "$OUT" $EXTRA
+
+if [[ -f "$OUT/checkpoints/LATEST" ]]; then
+    echo "resuming $OUT from step $(cat "$OUT/checkpoints/LATEST")"
+    exec $MPIEXEC -n "$NP" $BIND "${FDA[@]}" train --resume "$OUT"
+fi
+exec $MPIEXEC -n "$NP" $BIND "${FDA[@]}" train --config "$CONFIG" --out "$OUT" $EXTRA

@@ -1,0 +1,364 @@
+"""`fda report RUN [RUN ...] [--target-acc X] [--out DIR]`: plots and a comparison table.
+
+The question it answers (FDA.md sections 5-6): how many bytes and how many in-parallel
+steps does each run need to reach a target test accuracy? Both are read at the first
+evaluation whose accuracy is >= the target; bytes are the paper's accounting
+(`comm_bytes`: 2*K*4d per sync + K*4|S| per check), GB = 1e9 bytes.
+
+Default target, when --target-acc is not given: the best test accuracy of the
+Synchronous run(s) minus 0.5 points (the lowest best, if there are several); without a
+Synchronous run, the lowest of the runs' best accuracies (so every run can reach it).
+
+Writes to --out (default report/): report.md, report.csv, acc_vs_gb.png,
+acc_vs_steps.png and variance_<run>.png for each FDA run; prints the table.
+Exit codes: 0 ok, 2 bad input (missing file, unfinished or failed run).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fda.h5log import LOG_NAME, open_log
+
+SYNC_MARGIN = 0.005  # default target: Synchronous's best minus 0.5 points
+FDA_KINDS = ("fda", "fda_opt", "kamp")
+
+
+class ReportError(ValueError):
+    """A run that cannot be reported (missing, unfinished, failed, unreadable)."""
+
+
+@dataclass
+class RunData:
+    path: Path                 # the metrics.h5 file
+    name: str                  # short label (the run directory's name)
+    status: str
+    config: dict
+    attrs: dict
+    steps: dict = field(default_factory=dict)   # STEP_FIELDS -> 1-D arrays
+    evals: dict = field(default_factory=dict)   # EVAL_FIELDS -> 1-D arrays
+
+    @property
+    def kind(self) -> str:
+        return str(self.config.get("strategy", ""))
+
+    @property
+    def dataset(self) -> str:
+        return str(self.config.get("dataset", "?"))
+
+    @property
+    def workers(self) -> int:
+        return int(self.attrs.get("workers", 0))
+
+
+def _log_path(path: str | Path) -> Path:
+    p = Path(path)
+    return p / LOG_NAME if p.is_dir() else p
+
+
+def load_run(path: str | Path, name: str | None = None) -> RunData:
+    """Read one run's log. Raises ReportError for a missing file or an unfinished/failed run."""
+    log = _log_path(path)
+    if not log.exists():
+        where = Path(path)
+        if where.is_dir():
+            raise ReportError(f"{where}: no {LOG_NAME} in this directory (not a run directory?)")
+        raise ReportError(f"{where}: no such file or directory")
+    try:
+        f = open_log(log)
+    except OSError as e:
+        raise ReportError(f"{log}: not a readable HDF5 run log ({e})") from None
+    with f:
+        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
+        status = str(attrs.get("status", "unknown"))
+        if status == "running":
+            raise ReportError(f"{log}: the run is unfinished (status=running: still training, or killed "
+                              "before it ended); resume it (fda train --resume DIR) or report finished runs")
+        if status == "failed":
+            raise ReportError(f"{log}: the run failed (status=failed): {attrs.get('error') or 'no error stored'}")
+        if status != "completed":
+            raise ReportError(f"{log}: unknown run status '{status}'")
+        if "steps" not in f or "evals" not in f or "config" not in attrs:
+            raise ReportError(f"{log}: not an fda run log (no steps/evals groups or config)")
+        steps = {k: f["steps"][k][()] for k in f["steps"]}
+        evals = {k: f["evals"][k][()] for k in f["evals"]}
+    try:
+        config = json.loads(attrs["config"])
+    except (TypeError, ValueError) as e:
+        raise ReportError(f"{log}: its stored config is not valid JSON ({e})") from None
+    run_dir = log.parent
+    return RunData(path=log, name=name or run_dir.name, status=status, config=config, attrs=attrs,
+                   steps=steps, evals=evals)
+
+
+# ------------------------------------------------------------------ measures
+def best_accuracy(run: RunData) -> float:
+    acc = run.evals.get("test_acc", np.array([]))
+    return float(np.nanmax(acc)) if acc.size else math.nan
+
+
+def final_accuracy(run: RunData) -> float:
+    acc = run.evals.get("test_acc", np.array([]))
+    return float(acc[-1]) if acc.size else math.nan
+
+
+def first_reaching(run: RunData, target: float) -> int | None:
+    """Index of the first evaluation with test accuracy >= target, or None."""
+    hits = np.flatnonzero(run.evals["test_acc"] >= target) if run.evals.get("test_acc") is not None else []
+    return int(hits[0]) if len(hits) else None
+
+
+def steps_to_target(run: RunData, target: float) -> int | None:
+    """In-parallel steps (steps per worker) at the first evaluation reaching the target."""
+    i = first_reaching(run, target)
+    return None if i is None else int(run.evals["step"][i])
+
+
+def bytes_to_target(run: RunData, target: float) -> int | None:
+    """Paper-accounting bytes communicated up to the first evaluation reaching the target."""
+    i = first_reaching(run, target)
+    return None if i is None else int(run.evals["comm_bytes"][i])
+
+
+def gb_to_target(run: RunData, target: float) -> float | None:
+    b = bytes_to_target(run, target)
+    return None if b is None else b / 1e9
+
+
+def default_target(runs: list[RunData]) -> tuple[float, str]:
+    """The rule from the module docstring; returns (target, the rule in words)."""
+    sync = [r for r in runs if r.kind == "synchronous"]
+    if sync:
+        best = min(best_accuracy(r) for r in sync)
+        return best - SYNC_MARGIN, (f"Synchronous's best test accuracy {best:.4f} minus "
+                                    f"{SYNC_MARGIN * 100:g} points")
+    best = min(best_accuracy(r) for r in runs)
+    return best, "no Synchronous run: the lowest best test accuracy over the runs"
+
+
+def strategy_label(run: RunData) -> str:
+    c = run.config
+    kind = run.kind
+    theta = run.attrs.get("theta", c.get("theta"))
+    if kind == "synchronous":
+        return "Synchronous"
+    if kind == "fedavg":
+        return f"FedAvg tau={c.get('tau')}"
+    if kind == "fedopt":
+        return (f"FedOpt server={c.get('server_optimizer')} lr={c.get('server_lr'):g}, "
+                f"E={c.get('local_epochs')}, client {c.get('optimizer')} lr={c.get('lr'):g}")
+    if kind == "fda":
+        auto = " (auto)" if c.get("theta") == "auto" else ""
+        every = f", every {c.get('check_every')}" if c.get("check_every", 1) != 1 else ""
+        return f"FDA {c.get('monitor')} theta={float(theta):g}{auto}{every}"
+    if kind == "fda_opt":
+        return (f"FDA-Opt {c.get('monitor')} server={c.get('server_optimizer')} lr={c.get('server_lr'):g}, "
+                f"max_epochs={c.get('max_epochs')}")
+    if kind == "kamp":
+        return f"Kamp theta={float(theta):g}"
+    return str(run.attrs.get("strategy", kind))
+
+
+def comparison_table(runs: list[RunData], target: float) -> list[dict]:
+    """One row per run (dict of plain values; None where the target was not reached)."""
+    rows = []
+    for r in runs:
+        s = r.steps
+        wall = r.attrs.get("summary_wall_s")
+        if wall is None:
+            wall = float(r.evals["wall_time"][-1]) if r.evals["wall_time"].size else math.nan
+        synced = s.get("synced", np.array([]))
+        b = bytes_to_target(r, target)
+        rows.append({
+            "run": r.name,
+            "strategy": r.kind,
+            "params": strategy_label(r),
+            "dataset": r.dataset,
+            "partition": r.config.get("partition"),
+            "K": r.workers,
+            "steps_to_target": steps_to_target(r, target),
+            "gb_to_target": None if b is None else b / 1e9,
+            "steps": int(s["step"][-1]) if s.get("step") is not None and s["step"].size else 0,
+            "syncs": int(np.sum(synced)),
+            "total_gb": float(s["comm_bytes"][-1]) / 1e9 if s["comm_bytes"].size else 0.0,
+            "final_acc": final_accuracy(r),
+            "best_acc": best_accuracy(r),
+            "wall_s": float(wall),
+            "compute_s": float(np.nansum(s.get("time_compute", []))),
+            "monitor_s": float(np.nansum(s.get("time_monitor", []))),
+            "comm_s": float(np.nansum(s.get("time_comm", []))),
+        })
+    return rows
+
+
+TIME_NOTE = ("Times are sums of the per-step arrays: compute = the time between steps (local training, "
+             "plus evaluation and checkpoints when they happen), monitor = the state kernel, comm = the "
+             "state Allreduce and full syncs (including waiting for the slowest rank).")
+
+COLUMNS = [("run", "run"), ("params", "strategy"), ("K", "K"), ("steps_to_target", "steps to target"),
+           ("gb_to_target", "GB to target"), ("syncs", "syncs"), ("total_gb", "GB total"),
+           ("final_acc", "final acc"), ("best_acc", "best acc"), ("wall_s", "wall s"),
+           ("compute_s", "compute s"), ("monitor_s", "monitor s"), ("comm_s", "comm s")]
+
+
+def _cell(key: str, v) -> str:
+    if v is None:
+        return "not reached"
+    if key in ("gb_to_target", "total_gb"):
+        return f"{v:.4f}"
+    if key in ("final_acc", "best_acc"):
+        return f"{v:.4f}"
+    if key.endswith("_s"):
+        return f"{v:.1f}"
+    return str(v)
+
+
+def format_markdown(rows: list[dict]) -> str:
+    head = "| " + " | ".join(h for _, h in COLUMNS) + " |"
+    sep = "|" + "|".join("---" for _ in COLUMNS) + "|"
+    body = ["| " + " | ".join(_cell(k, r[k]) for k, _ in COLUMNS) + " |" for r in rows]
+    return "\n".join([head, sep, *body])
+
+
+def write_csv(rows: list[dict], path: str | Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [k for k, _ in COLUMNS])
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+
+
+# --------------------------------------------------------------------- plots
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _finish(plt, fig, ax, path, target, title):
+    if target is not None:
+        ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target:.4f}")
+    if title:
+        ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_accuracy_vs_gb(runs: list[RunData], path: str | Path, target: float | None = None,
+                        title: str | None = None) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for r in runs:
+        gb = r.evals["comm_bytes"] / 1e9
+        keep = gb > 0  # a log axis has no 0; the first points of a run before any traffic are dropped
+        ax.plot(gb[keep], r.evals["test_acc"][keep], marker=".", ms=3, lw=1.2, label=r.name)
+    ax.set_xscale("log")
+    ax.set_xlabel("communicated GB (paper accounting, log scale)")
+    _finish(plt, fig, ax, path, target, title)
+
+
+def plot_accuracy_vs_steps(runs: list[RunData], path: str | Path, target: float | None = None,
+                           title: str | None = None) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for r in runs:
+        ax.plot(r.evals["step"], r.evals["test_acc"], marker=".", ms=3, lw=1.2, label=r.name)
+    ax.set_xlabel("in-parallel steps (steps per worker)")
+    _finish(plt, fig, ax, path, target, title)
+
+
+def plot_variance(run: RunData, path: str | Path) -> None:
+    """H (the variance bound) over steps against theta, syncs marked, exact variance when audited."""
+    plt = _pyplot()
+    s = run.steps
+    step, bound, theta = s["step"], s["var_bound"], s["theta"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    ok = np.isfinite(bound)
+    ax.plot(step[ok], bound[ok], lw=0.8, label="H (variance bound)")
+    exact = s.get("var_exact")
+    if exact is not None and np.isfinite(exact).any():
+        e = np.isfinite(exact)
+        ax.plot(step[e], exact[e], lw=0.8, label="exact variance (audit)")
+    ax.plot(step, theta, color="black", lw=1, ls="--", label="theta")
+    synced = s["synced"].astype(bool)
+    if synced.any():
+        y = np.where(np.isfinite(bound[synced]), bound[synced], theta[synced])
+        ax.scatter(step[synced], y, marker="x", s=14, color="red", zorder=3,
+                   label=f"sync ({int(synced.sum())})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("model variance")
+    ax.set_title(f"{run.name}: {strategy_label(run)}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------- CLI
+def _unique_names(paths: list[str]) -> list[str]:
+    """Run directories' names; the parent is added where two runs would share a name."""
+    dirs = [_log_path(p).parent.resolve() for p in paths]
+    names = [d.name for d in dirs]
+    for i, n in enumerate(names):
+        if names.count(n) > 1:
+            names[i] = f"{dirs[i].parent.name}/{n}"
+    return names
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def main(args) -> int:
+    out = Path(args.out or "report")
+    runs: list[RunData] = []
+    try:
+        for path, name in zip(args.runs, _unique_names(args.runs)):
+            runs.append(load_run(path, name=name))
+    except ReportError as e:
+        print(f"fda report: error: {e}", file=sys.stderr)
+        return 2
+    datasets = sorted({r.dataset for r in runs})
+    if len(datasets) > 1:
+        which = ", ".join(f"{r.name}={r.dataset}" for r in runs)
+        print(f"fda report: warning: the runs use different datasets ({which}); their accuracies "
+              "and the target are not comparable", file=sys.stderr)
+    if args.target_acc is not None:
+        target, rule = float(args.target_acc), "given with --target-acc"
+    else:
+        target, rule = default_target(runs)
+    print(f"fda report: target accuracy {target:.4f} ({rule})")
+
+    rows = comparison_table(runs, target)
+    table = format_markdown(rows)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.md").write_text(
+            f"# fda report\n\nTarget accuracy: {target:.4f} ({rule}). Steps and GB (paper accounting) "
+            f"at the first evaluation reaching it. {TIME_NOTE}\n\n{table}\n\n"
+            "![accuracy vs GB](acc_vs_gb.png)\n![accuracy vs steps](acc_vs_steps.png)\n")
+        write_csv(rows, out / "report.csv")
+        plot_accuracy_vs_gb(runs, out / "acc_vs_gb.png", target=target)
+        plot_accuracy_vs_steps(runs, out / "acc_vs_steps.png", target=target)
+        for r in runs:
+            if r.kind in FDA_KINDS:
+                plot_variance(r, out / f"variance_{_safe(r.name)}.png")
+    except OSError as e:
+        print(f"fda report: error: cannot write to {out}: {e}", file=sys.stderr)
+        return 2
+    print(table)
+    print(f"fda report: wrote {out}/report.md, report.csv and the plots")
+    return 0

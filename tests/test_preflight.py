@@ -1,0 +1,55 @@
+"""`fda preflight` under mpiexec: passes on this machine, fails (naming the check) on a missing dataset."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MPIEXEC = Path(sys.executable).parent / "mpiexec"
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+CHECKS = ("mpi", "rank", "binding", "kernel", "gpu-mpi", "dataset", "output")
+
+
+def _preflight(tmp_path, *settings):
+    return subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, "-m", "fda", "preflight", "threads=1",
+                           *settings, "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300, cwd=REPO, env=ENV)
+
+
+def _rows(stdout: str) -> dict:
+    rows = {}
+    for line in stdout.splitlines():
+        parts = line.split(None, 3)
+        if len(parts) >= 3 and parts[0] in CHECKS:
+            rows.setdefault(parts[0], []).append((parts[1], parts[2], parts[3] if len(parts) > 3 else ""))
+    return rows
+
+
+def test_preflight_passes_here(tmp_path):
+    p = _preflight(tmp_path, "dataset=synthetic")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.count("CHECK") == 1  # one table, from rank 0 only
+    rows = _rows(p.stdout)
+    assert set(rows) == set(CHECKS)
+    assert [r[0] for r in rows["rank"]] == ["0", "1"]  # rank -> host -> device, one row per rank
+    assert all(status in ("ok", "WARN") for rs in rows.values() for _, status, _ in rs), p.stdout
+    assert rows["mpi"][0][1] == "ok" and "Allreduce round trip" in rows["mpi"][0][2]
+    assert "all checks passed" in p.stdout
+    assert not list((tmp_path / "out").glob(".fda-preflight*"))  # its probe files are cleaned up
+
+
+def test_preflight_fails_on_a_missing_dataset(tmp_path):
+    (tmp_path / "empty").mkdir()
+    p = _preflight(tmp_path, "dataset=cifar10", f"data_dir={tmp_path / 'empty'}")
+    assert p.returncode == 1, p.stdout + p.stderr
+    rows = _rows(p.stdout)
+    assert rows["dataset"][0][1] == "FAIL" and "not found" in rows["dataset"][0][2]
+    assert rows["mpi"][0][1] == "ok"
+    assert "1 check(s) FAILED" in p.stdout
+    assert "Traceback" not in p.stderr
+
+
+def test_preflight_bad_setting_exits_2(tmp_path):
+    p = _preflight(tmp_path, "dataset=synthetic", "batch_sise=3")
+    assert p.returncode == 2
+    assert p.stderr.count("did you mean 'batch_size'?") == 1
