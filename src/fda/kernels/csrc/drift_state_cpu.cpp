@@ -276,7 +276,8 @@ std::tuple<at::Tensor, at::Tensor> drift_state_cpu_impl(const at::Tensor& w, con
   at::Tensor sketch = at::zeros({depth, width}, w.options());
 
   if (depth == 0) {
-    at::parallel_for(0, n_norm, 1, [&](int64_t b0, int64_t b1) {
+    // grain 8 blocks (128K elements, ~20 us): small vectors (LeNet) run inline, no thread wake-up
+    at::parallel_for(0, n_norm, 8, [&](int64_t b0, int64_t b1) {
       norm_blocks(wp, w0p, xip, d, b0, b1, sq_parts.data(), dot_parts.data());
     });
   } else {
