@@ -177,6 +177,16 @@ def test_same_seed_same_sketch_across_processes():
     assert outs[0][0] == K.backend()
 
 
+def test_avx512_and_portable_paths_agree_bitwise():
+    """The CPU op picks an AVX-512 row kernel at run time where the CPU has it; the portable
+    path (forced by FDA_KERNELS_NO_AVX512=1) must give the very same bits."""
+    base = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    outs = [subprocess.run([sys.executable, "-c", _SUBPROC], env={**base, **extra}, capture_output=True,
+                           text=True, check=True, timeout=300).stdout.split()
+            for extra in ({}, {"FDA_KERNELS_NO_AVX512": "1"})]
+    assert outs[0] == outs[1]
+
+
 # ----------------------------------------------------------------------------------- validation
 def test_rejects_bad_dtypes():
     x = torch.zeros(10)
