@@ -183,6 +183,7 @@ class Synchronizer:
             "workers_per_rank": self.ctx.workers_per_rank, "num_params": self.d,
             "fda_version": _version(), "state_kernel": kernels.backend(),
             "strategy": self.strategy.describe(), "theta": self.strategy.theta,
+            "theta_rule": self.theta_rule(),
             "steps_per_epoch": self.steps_per_epoch or 0,
             "state_floats": self.monitor.state_size if self.monitor else 0,
             "device": str(self.ctx.device), "threads_per_rank": self.ctx.threads,
@@ -190,6 +191,17 @@ class Synchronizer:
         }
         return H5Log(out / LOG_NAME, attrs, flush_every=self.cfg.log_flush_every,
                      resume_step=resume_step)
+
+    def theta_rule(self) -> str:
+        """How theta was chosen: as given, by the paper's rule of thumb (theta=auto), or per round (fda_opt)."""
+        cfg = self.cfg
+        if cfg.strategy == "fda_opt":
+            return "per round: ((max_epochs/2)/E_r) * Var_r"
+        if cfg.theta == "auto":
+            from fda.config import THETA_RULES
+            c = THETA_RULES[cfg.theta_profile]
+            return f"auto: {cfg.theta_profile} rule {c:g} x d = {c:g} x {self.d} = {self.strategy.theta:.4g}"
+        return "given" if self.monitor is not None else "none (no variance check)"
 
     # -------------------------------------------------------------------- step
     @property

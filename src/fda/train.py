@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import fda
+import fda.kernels
 from fda import checkpoint
 from fda.config import Config, ConfigError
 from fda.context import Context, steps_per_epoch
@@ -105,6 +106,11 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, overwrite: bool =
     if ctx.is_root and ckpt is None:
         checkpoint.write_config(out, cfg)
 
+    if ctx.is_root and progress:
+        print(f"fda: K={ctx.workers} workers ({ctx.world_size} ranks x {ctx.workers_per_rank}), "
+              f"{cfg.model} d={sync.d:,}, {cfg.dataset} {cfg.partition}, {total_steps} steps "
+              f"({spe}/epoch), {sync.strategy.describe()}, theta {sync.theta_rule()}, "
+              f"state kernel {fda.kernels.backend()}, device {ctx.device}", file=sys.stderr, flush=True)
     bar = tqdm(total=total_steps, initial=sync.step_count, disable=not (progress and ctx.is_root),
                unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
     try:
