@@ -243,6 +243,11 @@ def _pyplot():
     return plt
 
 
+def _colors(plt, n: int) -> list:
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
 def _finish(plt, fig, ax, path, target, title):
     if target is not None:
         ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target:.4f}")
@@ -250,7 +255,8 @@ def _finish(plt, fig, ax, path, target, title):
         ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.set_ylabel("test accuracy")
-    ax.legend(fontsize=7, loc="lower right")
+    n = len(ax.get_legend_handles_labels()[1])
+    ax.legend(fontsize=7, loc="lower right", ncol=2 if n > 8 else 1)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -260,10 +266,10 @@ def plot_accuracy_vs_gb(runs: list[RunData], path: str | Path, target: float | N
                         title: str | None = None) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for r in runs:
+    for r, color in zip(runs, _colors(plt, len(runs))):
         gb = r.evals["comm_bytes"] / 1e9
         keep = gb > 0  # a log axis has no 0; the first points of a run before any traffic are dropped
-        ax.plot(gb[keep], r.evals["test_acc"][keep], marker=".", ms=3, lw=1.2, label=r.name)
+        ax.plot(gb[keep], r.evals["test_acc"][keep], marker=".", ms=3, lw=1.2, label=r.name, color=color)
     ax.set_xscale("log")
     ax.set_xlabel("communicated GB (paper accounting, log scale)")
     _finish(plt, fig, ax, path, target, title)
@@ -273,8 +279,8 @@ def plot_accuracy_vs_steps(runs: list[RunData], path: str | Path, target: float 
                            title: str | None = None) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for r in runs:
-        ax.plot(r.evals["step"], r.evals["test_acc"], marker=".", ms=3, lw=1.2, label=r.name)
+    for r, color in zip(runs, _colors(plt, len(runs))):
+        ax.plot(r.evals["step"], r.evals["test_acc"], marker=".", ms=3, lw=1.2, label=r.name, color=color)
     ax.set_xlabel("in-parallel steps (steps per worker)")
     _finish(plt, fig, ax, path, target, title)
 

@@ -1,0 +1,286 @@
+"""Where one training step's time goes: local compute, state kernel, state Allreduce, and the
+full-sync Allreduce amortised; plus the full sync's bandwidth against a bare mpi4py Allreduce
+of the same bytes in the same MPI job, and FDA's step time against a run with no communication.
+
+    .venv/bin/python bench/step.py            # LeNet-5 and VGG16*, 2 and 4 ranks, a few minutes
+    .venv/bin/python bench/step.py --quick    # LeNet-5 only
+
+Each (model, ranks) is ONE `mpiexec -n P` job that trains short runs on Fashion-MNIST with
+the same context (threads=1 per rank, no evaluation; nocomm and fda twice, interleaved):
+  nocomm       strategy=fedavg with tau > max_steps: never syncs. The Synchronizer still
+               Allreduces 3 float64 (loss, health flag, count) per step; that is the floor.
+  fda          strategy=fda monitor=sketch (LeNet-5 theta=0.5; VGG16* theta=auto)
+  synchronous  a full-model Allreduce every step
+The split is read from the HDF5 step arrays (time_compute, time_monitor, time_comm):
+  state Allreduce = fda's time_comm on steps without a sync (it includes waiting for the
+                    slowest rank: it is the step's only synchronisation point)
+Then, in the same job, after a Barrier each: a bare `comm.Allreduce(IN_PLACE, float32[n])` of
+the model's flat buffer size, `Synchronizer.step()` with strategy=synchronous, and the same
+with a strategy that never syncs; full sync = the difference of the last two (medians).
+Results: bench/results/step.md (+ step.json).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+WARMUP = 5  # steps dropped from every statistic (allocator, first Allreduces)
+MODELS = {
+    "lenet5": {"steps": 200, "fda": {"theta": 0.5}},
+    "vgg16star": {"steps": 15, "fda": {"theta": "auto", "theta_profile": "balanced"}},
+}
+
+
+# ------------------------------------------------------------------ worker side (under mpiexec)
+def worker(model: str, steps: int, out: Path, result: Path, bare_reps: int) -> None:
+    import torch
+    from mpi4py import MPI
+
+    import fda
+    from fda import train
+    from fda.config import make_config
+    from fda.h5log import open_log
+    from fda.synchronizer import FlatModel
+
+    import torch.nn.functional as F
+
+    from fda.context import steps_per_epoch
+    from fda.data import ShardLoader, load_dataset, partition
+    from fda.models import build_model
+    from fda.synchronizer import Synchronizer
+
+    ctx = fda.init(seed=0, threads=1)
+    data = load_dataset("fashion-mnist", None, seed=0)
+    parts = partition(data.y_train, ctx.workers, "iid", seed=0)
+    spe = steps_per_epoch(data.num_train, ctx.workers, 32)
+    base = dict(dataset="fashion-mnist", model=model, max_steps=steps, threads=1, batch_size=32,
+                optimizer="adam", lr=1e-3, seed=0, log_flush_every=10**6)
+    variants = {
+        "nocomm": {"strategy": "fedavg", "tau": steps + 1},
+        "fda": {"strategy": "fda", "monitor": "sketch", **MODELS[model]["fda"]},
+        "synchronous": {"strategy": "synchronous"},
+    }
+
+    def train_short(cfg, log_dir: Path) -> None:
+        """`fda train`'s loop without the evaluation (which would dominate a short run)."""
+        torch.manual_seed(0)
+        net = build_model(model, data.input_shape, data.num_classes)
+        opt = train.make_optimizer(cfg, net)
+        loader = ShardLoader(data.x_train, data.y_train, parts[ctx.rank], 32, seed=0, worker=ctx.rank)
+        sync = Synchronizer(net, ctx, config=cfg, optimizer=opt, log=log_dir, steps_per_epoch=spe,
+                            overwrite=True)
+        for _ in range(steps):
+            xb, yb = loader.next_batch()
+            loss = F.cross_entropy(net(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sync.step(loss.item())
+        sync.close()
+
+    arrays, attrs = {}, {}
+    # nocomm and fda twice, interleaved, so that a burst of load from elsewhere hits both
+    for name in ("nocomm", "fda", "synchronous", "nocomm", "fda"):
+        key = name if name not in arrays else f"{name}#2"
+        log_dir = out / key.replace("#", "_")
+        train_short(make_config({**base, **variants[name]}), log_dir)
+        if ctx.is_root:
+            with open_log(log_dir) as f:
+                arrays[key] = {k: f["steps"][k][()].tolist() for k in f["steps"]}
+                attrs[key] = {"theta": float(f.attrs["theta"]), "num_params": int(f.attrs["num_params"])}
+
+    # The library's full sync vs a bare Allreduce, each after a Barrier so that no rank's
+    # lateness is counted: Synchronizer.step with strategy=synchronous (3-float Allreduce +
+    # the full sync) minus strategy=fedavg/never (the 3-float Allreduce alone).
+    net = build_model(model, data.input_shape, data.num_classes)
+    n = FlatModel(build_model(model, data.input_shape, data.num_classes)).flat.numel()
+    lib_sync = Synchronizer(net, ctx, strategy="synchronous", threads=1)
+    lib_floor = Synchronizer(build_model(model, data.input_shape, data.num_classes), ctx,
+                             strategy="fedavg", tau=10**9, threads=1)
+    buf = np.ones(n, dtype=np.float32)
+    comm = ctx.comm
+
+    def timed(fn) -> float:
+        comm.Barrier()
+        t = time.perf_counter()
+        fn()
+        return comm.allreduce(time.perf_counter() - t, op=MPI.MAX)
+
+    times = {"bare": [], "sync": [], "floor": []}
+    for i in range(bare_reps + 3):
+        b = timed(lambda: comm.Allreduce(MPI.IN_PLACE, buf))
+        s_ = timed(lambda: lib_sync.step(0.0))
+        f_ = timed(lambda: lib_floor.step(0.0))
+        if i >= 3:
+            times["bare"].append(b)
+            times["sync"].append(s_)
+            times["floor"].append(f_)
+    if ctx.is_root:
+        result.write_text(json.dumps({"model": model, "ranks": ctx.world_size, "steps": steps,
+                                      "flat_floats": n, "micro": times,
+                                      "arrays": arrays, "attrs": attrs}))
+    ctx.world.stop_watching()
+
+
+# ------------------------------------------------------------------------------ analysis
+def _concat(arrays: dict, name: str, field: str) -> np.ndarray:
+    """One field over the repeats of a variant, each without its warm-up steps."""
+    parts = [np.asarray(v[field], dtype=float)[WARMUP:] for k, v in arrays.items() if k.split("#")[0] == name]
+    return np.concatenate(parts)
+
+
+def _step_time(arrays: dict, name: str) -> dict:
+    """Per-step time (compute + monitor + comm): mean and median, averaged over the repeats."""
+    per_run = []
+    for k, v in arrays.items():
+        if k.split("#")[0] == name:
+            total = (np.asarray(v["time_compute"]) + np.asarray(v["time_monitor"]) + np.asarray(v["time_comm"]))
+            per_run.append((np.mean(total[WARMUP:]), np.median(total[WARMUP:])))
+    return {"mean": float(np.mean([m for m, _ in per_run])), "median": float(np.mean([m for _, m in per_run]))}
+
+
+def _stats(x: np.ndarray) -> dict:
+    return {"mean": float(np.mean(x)), "median": float(np.median(x))} if x.size else {"mean": np.nan, "median": np.nan}
+
+
+def analyse(r: dict) -> dict:
+    a = r["arrays"]
+    synced = _concat(a, "fda", "synced").astype(bool)
+    state_ar = _concat(a, "fda", "time_comm")[~synced]
+    micro = {k: float(np.median(v)) for k, v in r["micro"].items()}
+    full_sync = micro["sync"] - micro["floor"]
+    nbytes = 4 * r["flat_floats"]
+    fda_syncs = int(synced.sum())
+    step_fda, step_nocomm = _step_time(a, "fda"), _step_time(a, "nocomm")
+    return {
+        "model": r["model"], "ranks": r["ranks"], "steps": r["steps"], "d": r["attrs"]["fda"]["num_params"],
+        "theta": r["attrs"]["fda"]["theta"], "fda_syncs_per_step": fda_syncs / max(1, synced.size),
+        "compute": _stats(_concat(a, "fda", "time_compute")),
+        "state_kernel": _stats(_concat(a, "fda", "time_monitor")),
+        "state_allreduce": _stats(state_ar),
+        "full_sync": full_sync, "full_sync_amortised": full_sync * fda_syncs / max(1, synced.size),
+        "bare": micro["bare"], "floor": micro["floor"], "bytes": nbytes,
+        "bw_sync": nbytes / full_sync if full_sync > 0 else float("nan"),
+        "bw_bare": nbytes / micro["bare"],
+        "bw_ratio": micro["bare"] / full_sync if full_sync > 0 else float("nan"),
+        "step_fda": step_fda, "step_nocomm": step_nocomm, "step_sync": _step_time(a, "synchronous"),
+        "fda_over_nocomm_mean": step_fda["mean"] / step_nocomm["mean"] - 1,
+        "fda_over_nocomm_median": step_fda["median"] / step_nocomm["median"] - 1,
+    }
+
+
+def ms(x: float) -> str:
+    return f"{x * 1e3:.3f}"
+
+
+def markdown(rows: list[dict], command: str, wall: float) -> str:
+    from compare import commit, machine
+    lines = [
+        "# Step time: where one training step goes", "",
+        f"- Machine: {machine()} (shared with other work while measured: expect noise)",
+        f"- Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
+        f"- Commit: {commit()}",
+        f"- Command: `{command}` ({wall:.0f} s)",
+        "- Each row: one `mpiexec -n P` job (P ranks = P workers on 2 cores), Fashion-MNIST IID, batch 32 per rank, Adam, threads=1 per rank, "
+        f"first {WARMUP} steps dropped. Times in ms per step (mean / median).", "",
+        "## Split of an FDA step (sketch monitor)", "",
+        "| model | d | ranks | steps x2 | FDA syncs per step | local compute | state kernel | "
+        "state Allreduce (incl. waiting for the slowest rank) | full sync (when it happens) | "
+        "full sync amortised over FDA's steps |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['d']:,} | {r['ranks']} | {r['steps']} | {r['fda_syncs_per_step']:.3f} | "
+            f"{ms(r['compute']['mean'])} / {ms(r['compute']['median'])} | "
+            f"{ms(r['state_kernel']['mean'])} / {ms(r['state_kernel']['median'])} | "
+            f"{ms(r['state_allreduce']['mean'])} / {ms(r['state_allreduce']['median'])} | "
+            f"{ms(r['full_sync'])} | {ms(r['full_sync_amortised'])} |")
+    lines += [
+        "", "## Full-sync Allreduce vs a bare mpi4py Allreduce of the same bytes (same job)", "",
+        "After a Barrier each, interleaved, medians of the repetitions: the full sync is "
+        "`Synchronizer.step()` with strategy=synchronous minus the same call with a strategy that never "
+        "syncs (its 3-float Allreduce); it includes what the library does around the Allreduce "
+        "(divide by K, refresh w0). Goal: >= 90% of the bare bandwidth.", "",
+        "| model | ranks | bytes | full sync ms | bare Allreduce ms | full-sync GB/s | bare GB/s | ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['ranks']} | {r['bytes']:,} | {ms(r['full_sync'])} | "
+                     f"{ms(r['bare'])} | {r['bw_sync'] / 1e9:.2f} | {r['bw_bare'] / 1e9:.2f} | "
+                     f"{r['bw_ratio'] * 100:.0f}% |")
+    lines += [
+        "", "## FDA's time per step vs no communication", "",
+        "Per-step time = time_compute + time_monitor + time_comm from the h5 arrays, averaged over "
+        "two interleaved runs each. Goal: FDA at most 10% above no communication on LeNet-5.", "",
+        "| model | ranks | no comm ms | FDA ms | Synchronous ms | FDA overhead (mean) | FDA overhead (median) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['ranks']} | {ms(r['step_nocomm']['mean'])} / {ms(r['step_nocomm']['median'])} | "
+                     f"{ms(r['step_fda']['mean'])} / {ms(r['step_fda']['median'])} | "
+                     f"{ms(r['step_sync']['mean'])} / {ms(r['step_sync']['median'])} | "
+                     f"{r['fda_over_nocomm_mean'] * 100:+.1f}% | {r['fda_over_nocomm_median'] * 100:+.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="LeNet-5 only")
+    p.add_argument("--ranks", default="2,4")
+    p.add_argument("--results", default=str(ROOT / "bench/results"))
+    p.add_argument("--runs-dir", default=str(ROOT / "bench/runs/step"))
+    p.add_argument("--bare-reps", type=int, default=50)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--steps", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--json", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(args.model, args.steps, Path(args.runs_dir), Path(args.json), args.bare_reps)
+        return 0
+
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    models = ["lenet5"] if args.quick else list(MODELS)
+    runs_dir = Path(args.runs_dir)
+    rows, t0 = [], time.perf_counter()
+    for model in models:
+        for ranks in (int(x) for x in args.ranks.split(",")):
+            out = runs_dir / f"{model}-np{ranks}"
+            out.mkdir(parents=True, exist_ok=True)
+            result = out / "result.json"
+            cmd = [str(mpiexec), "-n", str(ranks), sys.executable, str(Path(__file__).resolve()), "--worker",
+                   "--model", model, "--steps", str(MODELS[model]["steps"]), "--runs-dir", str(out),
+                   "--json", str(result), "--bare-reps", str(args.bare_reps)]
+            t = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            if proc.returncode != 0:
+                print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+                print(f"step: {model} np={ranks} failed (exit {proc.returncode})", file=sys.stderr)
+                return 1
+            rows.append(analyse(json.loads(result.read_text())))
+            print(f"step: {model} np={ranks} done in {time.perf_counter() - t:.0f} s", flush=True)
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    command = ".venv/bin/python bench/step.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    md = markdown(rows, command, time.perf_counter() - t0)
+    (results / "step.md").write_text(md)
+    (results / "step.json").write_text(json.dumps(rows, indent=1))
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
