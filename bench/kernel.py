@@ -214,10 +214,17 @@ def main() -> None:
         "",
     ]
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    kept = ""  # a hand-written analysis at the end of the file survives reruns
+    if os.path.exists(args.out):
+        old = open(args.out).read()
+        if ANALYSIS in old:
+            kept = old[old.index(ANALYSIS):]
     with open(args.out, "w") as f:
-        f.write("\n".join(lines))
+        f.write("\n".join(lines) + ("\n" + kept if kept else ""))
     print("\n".join(lines))
 
+
+ANALYSIS = "## Reading these numbers"
 
 if __name__ == "__main__":
     main()
