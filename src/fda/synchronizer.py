@@ -311,17 +311,19 @@ class Synchronizer:
                 w.other_buffers[i].copy_(mean_b)
         mean = self.workers[0].params
         var_at_sync = math.nan
-        if not math.isnan(mean_sqnorm):
-            var_at_sync = mean_sqnorm - float(torch.sum((mean - self.w0).double() ** 2))
+        if self.strategy.wants_sync_variance and not math.isnan(mean_sqnorm):
+            var_at_sync = mean_sqnorm - kernels.drift_state(mean, self.w0).sqnorm
         if self.strategy.server is not None:
             self.strategy.server.step(self.w0, mean)
         for w in self.workers[1:]:
             w.flat.copy_(buf)
-        if self.xi is not None:
-            update = mean - self.w0
-            norm = float(update.norm())
+        if self.xi is not None:  # xi <- the direction of this global update (in place: no new d-vector)
+            torch.sub(mean, self.w0, out=self.xi)
+            norm = float(self.xi.norm())
             if norm > 0 and math.isfinite(norm):
-                self.xi = update / norm
+                self.xi.div_(norm)
+            else:  # the global model did not move: fall back to the seeded unit vector
+                self.xi = self._initial_xi()
         self.w0.copy_(mean)
         self._sync_optimizer_state()
         self.syncs += 1

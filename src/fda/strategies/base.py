@@ -12,6 +12,7 @@ class Strategy:
     name = ""
     monitor: Monitor | None = None
     server = None  # a ServerOptimizer, or None for plain averaging
+    wants_sync_variance = False  # after_sync needs the exact variance of the models averaged
 
     def __init__(self) -> None:
         self.last_sync_step = 0

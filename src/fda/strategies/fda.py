@@ -44,6 +44,8 @@ class FDAOpt(FDA):
     The first round has theta = 0, so it syncs after one epoch.
     """
 
+    wants_sync_variance = True
+
     def __init__(self, monitor: Monitor, *, steps_per_epoch: int, max_epochs: int, server):
         super().__init__(monitor, theta=0.0, check_every=steps_per_epoch, name="fda_opt")
         self.steps_per_epoch = steps_per_epoch
