@@ -52,9 +52,6 @@ def worker(model: str, steps: int, out: Path, result: Path, bare_reps: int) -> N
     from fda.config import make_config
     from fda.h5log import open_log
     from fda.synchronizer import FlatModel
-
-    import torch.nn.functional as F
-
     from fda.context import steps_per_epoch
     from fda.data import ShardLoader, load_dataset, partition
     from fda.models import build_model
@@ -81,12 +78,7 @@ def worker(model: str, steps: int, out: Path, result: Path, bare_reps: int) -> N
         sync = Synchronizer(net, ctx, config=cfg, optimizer=opt, log=log_dir, steps_per_epoch=spe,
                             overwrite=True)
         for _ in range(steps):
-            xb, yb = loader.next_batch()
-            loss = F.cross_entropy(net(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sync.step(loss.item())
+            sync.step(train.local_step(net, opt, loader))
         sync.close()
 
     arrays, attrs = {}, {}

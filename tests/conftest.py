@@ -21,6 +21,16 @@ def shared_dir():
     comm.Barrier()
 
 
+@pytest.fixture(scope="module")
+def mpi_ctx():
+    """One fda context per test module (in-process MPI tests), its failure watcher stopped after."""
+    import fda
+
+    context = fda.init(seed=0, threads=1, abort_on_error=False)
+    yield context
+    context.world.stop_watching()
+
+
 def run_fda(*args, n=2, timeout=240, cwd=None, env=None):
     """Run `mpiexec -n N python -m fda ...` and return the CompletedProcess."""
     import subprocess

@@ -16,10 +16,8 @@ BASE = dict(dataset="synthetic", model="mlp", max_steps=60, eval_every=20, threa
 
 
 @pytest.fixture(scope="module")
-def ctx():
-    context = fda.init(seed=0, threads=1, abort_on_error=False)
-    yield context
-    context.world.stop_watching()
+def ctx(mpi_ctx):
+    return mpi_ctx
 
 
 def run(ctx, out, **settings):

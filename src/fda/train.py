@@ -39,6 +39,16 @@ def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer
                            weight_decay=cfg.weight_decay)
 
 
+def local_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loader: ShardLoader) -> float:
+    """One optimizer step of one worker on its next mini-batch; returns the loss."""
+    xb, yb = loader.next_batch()
+    loss = F.cross_entropy(model(xb), yb)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: Context,
              batch: int = 1000) -> tuple[float, float]:
@@ -115,14 +125,7 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, overwrite: bool =
                unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
     try:
         for step in range(sync.step_count + 1, total_steps + 1):
-            losses = []
-            for model, opt, loader in zip(models, optimizers, loaders):
-                xb, yb = loader.next_batch()
-                loss = F.cross_entropy(model(xb), yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
+            losses = [local_step(m, o, ld) for m, o, ld in zip(models, optimizers, loaders)]
             sync.step(losses)
 
             if sync.should_evaluate() or step == total_steps:
@@ -157,4 +160,4 @@ def format_summary(s: dict) -> str:
             f"comm {s['time_comm_s']:.1f} | kernel {s['state_kernel']} | log {s['out']}/metrics.h5")
 
 
-__all__ = ["run", "evaluate", "make_optimizer", "format_summary", "DatasetError"]
+__all__ = ["run", "local_step", "evaluate", "make_optimizer", "format_summary", "DatasetError"]

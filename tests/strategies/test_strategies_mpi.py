@@ -14,10 +14,8 @@ BASE = dict(dataset="synthetic", model="mlp", threads=1, lr=0.003, batch_size=32
 
 
 @pytest.fixture(scope="module")
-def ctx():
-    context = fda.init(seed=0, threads=1, abort_on_error=False)
-    yield context
-    context.world.stop_watching()
+def ctx(mpi_ctx):
+    return mpi_ctx
 
 
 def run(ctx, out, **settings):
