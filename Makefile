@@ -9,7 +9,7 @@ STAMP := $(VENV)/.fda-setup-done
 NP_DEMO ?= 4
 TEST_TIMEOUT ?= 900
 
-.PHONY: setup native cuda-check demo test test-unit test-mpi bench clean
+.PHONY: setup native cuda-check vision-check demo test clean
 
 setup: $(STAMP)
 
@@ -80,6 +80,17 @@ cuda-check:
 	CUDA_HOME=$(CUDA_CHECK_HOME) $$cmake --build $(CUDA_CHECK_BUILD)/ext --parallel; \
 	nm -DC $(CUDA_CHECK_BUILD)/out/libfda_kernels.so | grep -q launch_drift_state_cuda; \
 	echo "cuda-check: OK -- drift_state_cuda.cu (sm_80, sm_90) and the full extension with CUDA ($(CUDA_CHECK_BUILD)/out/libfda_kernels.so) compile; not run (no GPU here)"
+
+# The torchvision models (DenseNet121/201, ConvNeXt-Large) cannot run beside the CPU torch of
+# .venv; torch 2.14.1 + torchvision 0.29.1 can (the cuda-check venv, on the CPU): their parameter
+# counts and the DenseNet configs' first steps are tested there (reference kernel: the native
+# library in src/ is built for .venv's torch).
+VISION_TORCHVISION ?= torchvision==0.29.1
+vision-check: cuda-check
+	$(CUDA_CHECK_VENV)/bin/python -m pip install -q "$(VISION_TORCHVISION)" "mpi4py>=4.0" mpich "numpy>=1.26" \
+		"h5py>=3.10" "pydantic>=2.6" "pyyaml>=6.0" "tqdm>=4.66" "matplotlib>=3.8" "pytest>=8"
+	FDA_KERNELS_BACKEND=reference PYTHONPATH=src timeout $(TEST_TIMEOUT) $(CUDA_CHECK_VENV)/bin/python -m pytest -q \
+		-p no:cacheprovider tests/models tests/test_configs.py -k "test_models or densenet"
 
 demo: setup
 	$(PY) -m fda.data.ensure fashion-mnist
