@@ -221,7 +221,7 @@ class Synchronizer:
         if cfg.fail_at_step == step and cfg.fail_rank == self.ctx.rank:
             raise InjectedFailure(f"injected failure at step {step} (fail_at_step/fail_rank testing aid)")
 
-        losses = _as_list(loss, len(self.workers))
+        losses = _as_list(loss)
         check = self.monitor is not None and self.strategy.wants_check(step)
         monitor_s = 0.0
         state = None
@@ -454,7 +454,7 @@ class Synchronizer:
         self.totals = defaultdict(float, state["totals"])
 
 
-def _as_list(loss, n_workers: int) -> list[float]:
+def _as_list(loss) -> list[float]:
     if loss is None:
         return []
     if isinstance(loss, (list, tuple, np.ndarray)):
