@@ -122,33 +122,33 @@ def test_trailing_bytes_and_bad_magic(tmp_path):
         load_dataset("mnist", tmp_path / "mn")
 
 
-def test_wrong_ndim_magic(tmp_path):
-    write_idx_dataset(tmp_path / "mn")
-    # labels file where an images file is expected
-    (tmp_path / "mn" / IDX_NAMES[0]).write_bytes(idx_bytes(np.zeros(20, np.uint8)))
-    with pytest.raises(DatasetError, match="1 dimensions.*expected 3"):
-        load_dataset("mnist", tmp_path / "mn")
+def _labels_as_images(d):  # a labels file where an images file is expected
+    (d / IDX_NAMES[0]).write_bytes(idx_bytes(np.zeros(20, np.uint8)))
 
 
-def test_truncated_gzip(tmp_path):
-    write_idx_dataset(tmp_path / "mn", gz=True)
-    p = tmp_path / "mn" / (IDX_NAMES[0] + ".gz")
+def _cut_gzip(d):
+    p = d / (IDX_NAMES[0] + ".gz")
     p.write_bytes(p.read_bytes()[:-30])
-    with pytest.raises(DatasetError, match="corrupt or truncated gzip"):
-        load_dataset("mnist", tmp_path / "mn")
 
 
-def test_count_mismatch(tmp_path):
-    write_idx_dataset(tmp_path / "mn")
-    (tmp_path / "mn" / IDX_NAMES[1]).write_bytes(idx_bytes(np.zeros(19, np.uint8)))
-    with pytest.raises(DatasetError, match="disagree in count"):
-        load_dataset("mnist", tmp_path / "mn")
+def _labels_count_19(d):
+    (d / IDX_NAMES[1]).write_bytes(idx_bytes(np.zeros(19, np.uint8)))
 
 
-def test_label_out_of_range(tmp_path):
-    write_idx_dataset(tmp_path / "mn")
-    (tmp_path / "mn" / IDX_NAMES[1]).write_bytes(idx_bytes(np.full(20, 12, np.uint8)))
-    with pytest.raises(DatasetError, match="labels outside 0..9"):
+def _labels_out_of_range(d):
+    (d / IDX_NAMES[1]).write_bytes(idx_bytes(np.full(20, 12, np.uint8)))
+
+
+@pytest.mark.parametrize("gz,damage,message", [
+    (False, _labels_as_images, "1 dimensions.*expected 3"),
+    (True, _cut_gzip, "corrupt or truncated gzip"),
+    (False, _labels_count_19, "disagree in count"),
+    (False, _labels_out_of_range, "labels outside 0..9"),
+], ids=["wrong_ndim_magic", "truncated_gzip", "count_mismatch", "label_out_of_range"])
+def test_damaged_idx_files(tmp_path, gz, damage, message):
+    write_idx_dataset(tmp_path / "mn", gz=gz)
+    damage(tmp_path / "mn")
+    with pytest.raises(DatasetError, match=message):
         load_dataset("mnist", tmp_path / "mn")
 
 
