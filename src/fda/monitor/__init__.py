@@ -7,12 +7,27 @@ averaged (one Allreduce); a function H of the mean state bounds the model varian
 
 See FDA.md section 2. `PerWorkerMonitor` is Kamp et al.'s rule (max_k ||u_k||^2,
 reduced with MAX), which bounds each worker's drift rather than the variance.
+
+The registry lives here, not in `base` (which its subclasses import): `make_monitor` builds one by name.
 """
-from fda.monitor.base import Monitor, exact_variance, make_monitor
+from fda.monitor.base import Monitor, exact_variance
 from fda.monitor.linear import LinearMonitor
 from fda.monitor.naive import NaiveMonitor
 from fda.monitor.per_worker import PerWorkerMonitor
 from fda.monitor.sketch import SketchMonitor
 
+MONITORS = {"naive": NaiveMonitor, "linear": LinearMonitor, "sketch": SketchMonitor,
+            "per_worker": PerWorkerMonitor}
+
+
+def make_monitor(name: str, *, sketch_depth: int = 5, sketch_width: int = 250, seed: int = 0) -> Monitor:
+    """The monitor called `name`; the sketch settings matter only for 'sketch'."""
+    if name not in MONITORS:
+        raise ValueError(f"unknown monitor '{name}' ({', '.join(MONITORS)})")
+    if name == "sketch":
+        return SketchMonitor(sketch_depth, sketch_width, seed)
+    return MONITORS[name]()
+
+
 __all__ = ["Monitor", "NaiveMonitor", "LinearMonitor", "SketchMonitor", "PerWorkerMonitor",
-           "make_monitor", "exact_variance"]
+           "MONITORS", "make_monitor", "exact_variance"]

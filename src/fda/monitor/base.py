@@ -34,19 +34,3 @@ def exact_variance(mean_sqnorm: float, mean_drift_sqnorm: float) -> float:
     """Var = mean_k ||u_k||^2 - ||mean_k u_k||^2 (FDA.md section 2)."""
     return mean_sqnorm - mean_drift_sqnorm
 
-
-def make_monitor(name: str, *, sketch_depth: int = 5, sketch_width: int = 250, seed: int = 0) -> Monitor:
-    from fda.monitor.linear import LinearMonitor
-    from fda.monitor.naive import NaiveMonitor
-    from fda.monitor.per_worker import PerWorkerMonitor
-    from fda.monitor.sketch import SketchMonitor
-
-    if name == "naive":
-        return NaiveMonitor()
-    if name == "linear":
-        return LinearMonitor()
-    if name == "sketch":
-        return SketchMonitor(sketch_depth, sketch_width, seed)
-    if name == "per_worker":
-        return PerWorkerMonitor()
-    raise ValueError(f"unknown monitor '{name}' (naive, linear, sketch, per_worker)")
