@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -7,6 +8,19 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
+
+# Tests leave nothing in /tmp: this session's temporary files (pytest's tmp_path, shared_dir, and
+# what child processes such as mpiexec write under $TMPDIR, also when a test SIGKILLs them) go to
+# one private directory, removed when the session ends. FDA_KEEP_TEST_TMP=1 keeps it (it is printed).
+_SESSION_TMP = tempfile.mkdtemp(prefix="fda-pytest-")
+os.environ["TMPDIR"] = tempfile.tempdir = _SESSION_TMP
+
+
+def pytest_unconfigure(config):
+    if os.environ.get("FDA_KEEP_TEST_TMP") == "1":
+        print(f"\ntest files kept in {_SESSION_TMP}")
+    else:
+        shutil.rmtree(_SESSION_TMP, ignore_errors=True)
 
 
 @pytest.fixture
@@ -19,6 +33,8 @@ def shared_dir():
     path = comm.bcast(path, root=0)
     yield Path(path)
     comm.Barrier()
+    if comm.rank == 0:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

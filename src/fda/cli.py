@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = dsub.add_parser("fetch", help="download a dataset into data/ (needs internet)")
     fetch.add_argument("name")
     fetch.add_argument("--dest", default="data")
+    ens = dsub.add_parser("ensure", help="make a dataset loadable: download it, or apt-get it (root, offline), "
+                                         "or say how (what `make demo` runs)")
+    ens.add_argument("name")
+    ens.add_argument("--data-dir", default=None)
 
     pf = sub.add_parser("preflight", help="check MPI, devices, kernels, data and output before a job")
     pf.add_argument("--config")
@@ -125,6 +129,9 @@ def cmd_train(args) -> int:
 def cmd_data(args) -> int:
     from fda.data import DatasetError, data_info, fetch
 
+    if args.data_command == "ensure":  # exit 1 when it cannot be obtained, as python -m fda.data.ensure
+        from fda.data.ensure import main as ensure_main
+        return ensure_main([args.name] + ([args.data_dir] if args.data_dir else []))
     try:
         if args.data_command == "fetch":
             path = fetch(args.name, args.dest)
