@@ -51,7 +51,7 @@ def worker(model: str, steps: int, out: Path, result: Path, bare_reps: int) -> N
     from fda import train
     from fda.config import make_config
     from fda.h5log import open_log
-    from fda.synchronizer import FlatModel
+    from fda.flat import FlatModel
     from fda.context import steps_per_epoch
     from fda.data import ShardLoader, load_dataset, partition
     from fda.models import build_model

@@ -17,8 +17,10 @@ import numpy as np
 import torch
 
 from fda import kernels
+from fda.collectives import ExactMean, mean_of_tensors_
 from fda.config import Config, ConfigError, make_config
 from fda.context import Context
+from fda.flat import FlatModel, local_sum
 from fda.h5log import LOG_NAME, H5Log
 from fda.strategies import make_strategy
 
@@ -32,46 +34,6 @@ class CollectiveError(RuntimeError):
 
 class InjectedFailure(RuntimeError):
     """Raised by the fail_at_step / fail_rank testing aid."""
-
-
-class FlatModel:
-    """One worker's model with its trainable float32 parameters (then its float32 buffers)
-    re-pointed into ONE contiguous tensor, so the kernel and MPI see a single flat buffer.
-
-    Frozen parameters (requires_grad=False) stay where they are and are never averaged.
-    Trainable parameters must be float32 (keep master weights in float32; use autocast
-    for mixed precision): anything else is rejected. Non-float32 floating buffers are
-    averaged one by one at a sync; integer buffers (e.g. BatchNorm's batch counter) stay local.
-    """
-
-    def __init__(self, module: torch.nn.Module):
-        self.module = module
-        params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-        if not params:
-            raise ValueError("the model has no trainable parameters")
-        for name, p in params:
-            if p.dtype != torch.float32:
-                raise ValueError(f"trainable parameter '{name}' is {p.dtype}; fda averages float32 parameters "
-                                 "only (keep master weights in float32, use torch.autocast for lower precision)")
-        devices = {p.device for _, p in params}
-        if len(devices) > 1:
-            raise ValueError(f"the model's parameters are on several devices ({devices}); put it on one")
-        bufs = [b for _, b in module.named_buffers() if b.dtype == torch.float32]
-        self.other_buffers = [b for _, b in module.named_buffers()
-                              if b.is_floating_point() and b.dtype != torch.float32]
-        self.num_params = sum(p.numel() for _, p in params)
-        total = self.num_params + sum(b.numel() for b in bufs)
-        self.device = params[0][1].device
-        self.flat = torch.empty(total, dtype=torch.float32, device=self.device)
-        offset = 0
-        for t in [p for _, p in params] + bufs:
-            n = t.numel()
-            view = self.flat[offset:offset + n]
-            view.copy_(t.data.reshape(-1))
-            t.data = view.view_as(t)
-            offset += n
-        self.params = self.flat[:self.num_params]
-        self.layout = [(n, tuple(p.shape)) for n, p in params]
 
 
 class Synchronizer:
@@ -110,6 +72,7 @@ class Synchronizer:
                              "pass optimizer=... to Synchronizer")
         self.K = ctx.workers
         self.workers = [FlatModel(m) for m in models]
+        self.averaging = ExactMean(self.world, self.K)
         for w in self.workers[1:]:
             if w.layout != self.workers[0].layout:
                 raise ValueError("the models of one rank must have the same architecture")
@@ -284,39 +247,21 @@ class Synchronizer:
             states.append(mon.local_state(drift))
         return np.sum(states, axis=0) if mon.reduce_op == "sum" else np.max(states, axis=0)
 
-    def _local_sum(self) -> torch.Tensor:
-        total = self.workers[0].flat.clone()
-        for w in self.workers[1:]:
-            total.add_(w.flat)
-        return total
-
     def _exact_variance(self) -> float:
         """Audit: Var = (1/K) sum_k ||w_k - mean||^2, with a full Allreduce not counted as training traffic."""
-        mean = self.world.allreduce_(self._local_sum(), "sum", kind="audit").div_(self.K)[:self.d]
+        mean = self.world.allreduce_(local_sum(self.workers), "sum", kind="audit").div_(self.K)[:self.d]
         local = sum(float(torch.sum((w.params - mean).double() ** 2)) for w in self.workers)
         return float(self.world.allreduce_values([local], "sum", kind="audit")[0]) / self.K
 
     def _synchronize(self, mean_sqnorm: float) -> None:
-        buf = self.workers[0].flat
-        for w in self.workers[1:]:
-            buf.add_(w.flat)
-        self.world.allreduce_(buf, "sum", kind="sync")
-        buf.div_(self.K)
-        for i, b in enumerate(self.workers[0].other_buffers):
-            mean_b = b.detach().clone().contiguous()
-            for w in self.workers[1:]:
-                mean_b.add_(w.other_buffers[i])
-            self.world.allreduce_(mean_b, "sum", kind="sync").div_(self.K)
-            for w in self.workers:
-                w.other_buffers[i].copy_(mean_b)
-        mean = self.workers[0].params
+        mean = self.averaging.average_(self.workers)[:self.d]
         var_at_sync = math.nan
         if self.strategy.wants_sync_variance and not math.isnan(mean_sqnorm):
             var_at_sync = mean_sqnorm - kernels.drift_state(mean, self.w0).sqnorm
         if self.strategy.server is not None:
             self.strategy.server.step(self.w0, mean)
         for w in self.workers[1:]:
-            w.flat.copy_(buf)
+            w.flat.copy_(self.workers[0].flat)
         if self.xi is not None:  # xi <- the direction of this global update (in place: no new d-vector)
             torch.sub(mean, self.w0, out=self.xi)
             norm = float(self.xi.norm())
@@ -341,17 +286,7 @@ class Synchronizer:
         tensors = [[v for st in opt.state.values() for v in st.values()
                     if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0]
                    for opt in self.optimizers]
-        if not tensors[0]:
-            return
-        flat = torch.cat([t.reshape(-1) for t in tensors[0]])
-        for ts in tensors[1:]:
-            flat.add_(torch.cat([t.reshape(-1) for t in ts]))
-        self.world.allreduce_(flat, "sum", kind="sync").div_(self.K)
-        for ts in tensors:
-            offset = 0
-            for t in ts:
-                t.copy_(flat[offset:offset + t.numel()].view_as(t))
-                offset += t.numel()
+        mean_of_tensors_(self.world, tensors, self.K, packed=True)
 
     # -------------------------------------------------------------- evaluation
     def mpi_bytes(self, kind: str) -> int:
@@ -381,7 +316,7 @@ class Synchronizer:
         if self.last_synced or self.K == 1:
             target.flat.copy_(self.workers[0].flat)
         else:
-            target.flat.copy_(self._local_sum())
+            target.flat.copy_(local_sum(self.workers))
             self.world.allreduce_(target.flat, "sum", kind="eval").div_(self.K)
         return target.module
 

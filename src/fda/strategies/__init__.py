@@ -2,12 +2,10 @@
 
 A `Strategy` answers two questions each step: check the variance monitor now?
 sync now? Every strategy runs through the same loop (`fda.Synchronizer`).
-`ServerOptimizer` is what FedOpt and FDA-Opt do at a sync instead of plain averaging.
 """
 from fda.strategies.base import Strategy
 from fda.strategies.fda import FDA, FDAOpt
 from fda.strategies.periodic import Periodic
 from fda.strategies.registry import STRATEGIES, make_strategy
-from fda.strategies.server import ServerOptimizer
 
-__all__ = ["Strategy", "FDA", "FDAOpt", "Periodic", "ServerOptimizer", "STRATEGIES", "make_strategy"]
+__all__ = ["Strategy", "FDA", "FDAOpt", "Periodic", "STRATEGIES", "make_strategy"]

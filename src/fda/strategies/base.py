@@ -10,7 +10,7 @@ class Strategy:
 
     name = ""
     monitor: Monitor | None = None
-    server = None  # a ServerOptimizer, or None for plain averaging
+    server = None  # a fda.outer.OuterOptimizer, or None for plain averaging
     wants_sync_variance = False  # after_sync needs the exact variance of the models averaged
 
     def __init__(self) -> None:
@@ -39,4 +39,3 @@ class Strategy:
 
     def describe(self) -> str:
         return self.name
-

@@ -11,7 +11,7 @@ from fda.monitor import Monitor, make_monitor
 from fda.strategies.base import Strategy
 from fda.strategies.fda import FDA, FDAOpt
 from fda.strategies.periodic import Periodic
-from fda.strategies.server import ServerOptimizer
+from fda.outer import OuterOptimizer
 
 
 class _Build:
@@ -30,9 +30,9 @@ class _Build:
         return make_monitor(name or cfg.monitor, sketch_depth=cfg.sketch_depth, sketch_width=cfg.sketch_width,
                             seed=cfg.seed)
 
-    def server(self) -> ServerOptimizer:
+    def server(self) -> OuterOptimizer:
         cfg = self.cfg
-        return ServerOptimizer(cfg.server_optimizer, lr=cfg.server_lr, momentum=cfg.server_momentum)
+        return OuterOptimizer(cfg.server_optimizer, lr=cfg.server_lr, momentum=cfg.server_momentum)
 
     def theta(self) -> float:
         return self.cfg.theta_for(self.num_params)

@@ -1,0 +1,58 @@
+"""The flat-model plumbing: a worker's trainable parameters (then its float32 buffers) in ONE
+contiguous float32 tensor, so that the drift kernel and MPI each see a single buffer."""
+from __future__ import annotations
+
+import torch
+
+
+class FlatModel:
+    """One worker's model with its trainable float32 parameters (then its float32 buffers)
+    re-pointed into ONE contiguous tensor, so the kernel and MPI see a single flat buffer.
+
+    Frozen parameters (requires_grad=False) stay where they are and are never averaged.
+    Trainable parameters must be float32 (keep master weights in float32; use autocast
+    for mixed precision): anything else is rejected. Non-float32 floating buffers are
+    averaged one by one at a sync; integer buffers (e.g. BatchNorm's batch counter) stay local.
+
+    flat: the whole buffer; params: its first `num_params` entries (the trainable parameters);
+    spans: (offset, size) of every tensor in `flat`, in order (parameters, then buffers).
+    """
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+        params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters")
+        for name, p in params:
+            if p.dtype != torch.float32:
+                raise ValueError(f"trainable parameter '{name}' is {p.dtype}; fda averages float32 parameters "
+                                 "only (keep master weights in float32, use torch.autocast for lower precision)")
+        devices = {p.device for _, p in params}
+        if len(devices) > 1:
+            raise ValueError(f"the model's parameters are on several devices ({devices}); put it on one")
+        bufs = [b for _, b in module.named_buffers() if b.dtype == torch.float32]
+        self.other_buffers = [b for _, b in module.named_buffers()
+                              if b.is_floating_point() and b.dtype != torch.float32]
+        self.num_params = sum(p.numel() for _, p in params)
+        total = self.num_params + sum(b.numel() for b in bufs)
+        self.device = params[0][1].device
+        self.flat = torch.empty(total, dtype=torch.float32, device=self.device)
+        self.spans: list[tuple[int, int]] = []
+        offset = 0
+        for t in [p for _, p in params] + bufs:
+            n = t.numel()
+            view = self.flat[offset:offset + n]
+            view.copy_(t.data.reshape(-1))
+            t.data = view.view_as(t)
+            self.spans.append((offset, n))
+            offset += n
+        self.params = self.flat[:self.num_params]
+        self.layout = [(n, tuple(p.shape)) for n, p in params]
+
+
+def local_sum(workers: list[FlatModel]) -> torch.Tensor:
+    """The sum of this rank's hosted workers' flat buffers (a new tensor)."""
+    total = workers[0].flat.clone()
+    for w in workers[1:]:
+        total.add_(w.flat)
+    return total
