@@ -57,7 +57,7 @@ sync = fda.Synchronizer(model, ctx, strategy="fda", monitor="sketch", theta=2.0,
 for x, y in fda.shard(my_dataset, ctx, batch_size=32):   # optional helper; any loader works
     loss = torch.nn.functional.cross_entropy(model(x.to(ctx.device)), y.to(ctx.device))
     opt.zero_grad(); loss.backward(); opt.step()
-    synced = sync.step(loss=loss.item())      # state Allreduce; full sync when H > Θ
+    synced = sync.step(loss=loss.detach())    # state Allreduce; full sync when H > Θ
     if sync.should_evaluate():                # optional: evaluation on the averaged model
         sync.log_eval(test_acc=evaluate(sync.averaged_model()))
 sync.close()                                 # final summary, log status=completed

@@ -53,3 +53,41 @@ def test_preflight_bad_setting_exits_2(tmp_path):
     p = _preflight(tmp_path, "dataset=synthetic", "batch_sise=3")
     assert p.returncode == 2
     assert p.stderr.count("did you mean 'batch_size'?") == 1
+
+
+def _gpu_rank(uuid: str) -> dict:
+    return {"device": "cuda:0 (NVIDIA H100)", "gpu_uuid": uuid, "gpus": 1}
+
+
+def test_ranks_sharing_a_gpu_are_found_by_uuid_not_by_index():
+    from fda.preflight import _shared_gpu_problems
+    # one GPU visible per task: every rank says cuda:0, only the UUID tells them apart
+    assert _shared_gpu_problems("node1", [_gpu_rank("GPU-a"), _gpu_rank("GPU-b")]) == []
+    problems = _shared_gpu_problems("node1", [_gpu_rank("GPU-a"), _gpu_rank("GPU-a"), _gpu_rank("GPU-b")])
+    assert len(problems) == 1 and "3 ranks share 2 GPU(s)" in problems[0]
+    assert _shared_gpu_problems("node1", [{"device": "cpu", "gpus": 0}] * 4) == []
+
+
+def test_kernel_check_compares_sqnorm_dot_and_sketch():
+    import torch
+    from fda import kernels
+    from fda.kernels import reference
+    from fda.preflight import _kernel_matches
+    g = torch.Generator().manual_seed(0)
+    w, w0, xi = (torch.randn(5000, generator=g) for _ in range(3))
+    ref = reference.drift_state(w, w0, xi, 5, 64, 7)
+    got = kernels.drift_state(w, w0, xi=xi, sketch_depth=5, sketch_width=64, seed=7)
+    assert _kernel_matches(got, ref, rtol=1e-5)
+    bad_sketch = got.sketch.clone()
+    bad_sketch[2, 3] += 1.0  # a wrong bucket or sign shows only in the sketch
+    assert not _kernel_matches((got.sqnorm, got.dot, bad_sketch), ref, rtol=1e-5)
+    assert not _kernel_matches((got.sqnorm, got.dot * 1.01 + 0.1, got.sketch), ref, rtol=1e-5)
+
+
+def test_kernel_check_fails_for_cuda_tensors_without_the_cuda_kernel(monkeypatch):
+    import torch
+    from fda import kernels
+    from fda.preflight import FAIL, _check_kernel
+    monkeypatch.setattr(kernels, "cuda_kernel_available", lambda: False)
+    status, detail = _check_kernel(torch.device("cuda"))
+    assert status == FAIL and "no CUDA kernel" in detail

@@ -10,7 +10,7 @@ Add FDA to an existing PyTorch training script (launch it with `mpiexec -n K pyt
     for x, y in fda.shard(my_dataset, ctx, batch_size=32):   # or any loader
         loss = torch.nn.functional.cross_entropy(model(x.to(ctx.device)), y.to(ctx.device))
         opt.zero_grad(); loss.backward(); opt.step()
-        synced = sync.step(loss=loss.item())      # True when the models were averaged
+        synced = sync.step(loss=loss.detach())    # True when the models were averaged
         if sync.should_evaluate():
             sync.log_eval(test_acc=evaluate(sync.averaged_model()))
     sync.close()

@@ -128,13 +128,38 @@ class Comm:
         if self.cuda_aware:
             torch.cuda.current_stream().synchronize()
             return t, None
-        key = (t.numel(), t.dtype)
-        host = self._staging.get(key)
-        if host is None:
-            host = torch.empty(t.numel(), dtype=t.dtype, pin_memory=True)
-            self._staging[key] = host
+        host = self._pinned(t.numel(), t.dtype)
         host.copy_(t.reshape(-1))
         return host.numpy(), host
+
+    def _pinned(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        """A pinned host staging view of `numel` elements: ONE buffer per dtype, grown to the largest
+        request (the flat model, for a sync) and reused, so pinned memory stays bounded."""
+        buf = self._staging.get(dtype)
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(numel, dtype=dtype, pin_memory=True)
+            self._staging[dtype] = buf
+        return buf[:numel]
+
+    def allreduce_to_host(self, t: torch.Tensor, op: str = "sum", kind: str = "state") -> np.ndarray:
+        """Allreduce a small 1-D float64 tensor and return the result on the host, with ONE
+        device->host copy for a CUDA tensor: of the local values before MPI (staged), or of the
+        reduced values after an Allreduce in device memory (GPU-aware MPI)."""
+        if t.device.type == "cpu":
+            arr = t.numpy().copy()  # the caller's buffer stays its local values
+        elif self.cuda_aware:
+            reduced = t.clone()
+            torch.cuda.current_stream().synchronize()
+            self.comm.Allreduce(MPI.IN_PLACE, reduced, op=_OPS[op])
+            self.bytes.add(kind, 2 * t.numel() * t.element_size() * self.size)
+            return reduced.cpu().numpy()
+        else:
+            arr = self._pinned(t.numel(), t.dtype)
+            arr.copy_(t)
+            arr = arr.numpy()
+        self.comm.Allreduce(MPI.IN_PLACE, arr, op=_OPS[op])
+        self.bytes.add(kind, 2 * arr.nbytes * self.size)
+        return arr.copy() if t.device.type != "cpu" else arr
 
     def allreduce_(self, t: torch.Tensor, op: str = "sum", kind: str = "train") -> torch.Tensor:
         """In-place Allreduce of one contiguous tensor."""

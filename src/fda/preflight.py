@@ -94,6 +94,7 @@ def _rank_info(world, cfg) -> dict:
         if dev.type == "cuda":
             info["gpus"] = torch.cuda.device_count()
             info["device"] += f" ({torch.cuda.get_device_name(dev)})"
+            info["gpu_uuid"] = str(getattr(torch.cuda.get_device_properties(dev), "uuid", ""))
     except ValueError as e:
         info["error"] = str(e)
     return info
@@ -111,10 +112,7 @@ def _binding_rows(infos: list[dict]) -> list[tuple]:
     problems = []
     for host in sorted({i["host"] for i in infos}):
         mine = [i for i in infos if i["host"] == host]
-        cuda = [i["device"].split()[0] for i in mine if i["device"] and i["device"].startswith("cuda")]
-        gpus = max(i["gpus"] for i in mine)
-        if cuda and len(set(cuda)) < min(len(cuda), gpus):
-            problems.append(f"{host}: {len(cuda)} ranks on {len(set(cuda))} of its {gpus} GPUs")
+        problems += _shared_gpu_problems(host, mine)
         threads = sum(i["threads"] for i in mine)
         if threads > mine[0]["node_cores"]:
             problems.append(f"{host}: {threads} torch threads over {len(mine)} ranks but {mine[0]['node_cores']} "
@@ -122,6 +120,28 @@ def _binding_rows(infos: list[dict]) -> list[tuple]:
     rows.append(("binding", "all", WARN if problems else OK,
                  "; ".join(problems) or "one device per rank, threads within each node's cores"))
     return rows
+
+
+def _shared_gpu_problems(host: str, infos: list[dict]) -> list[str]:
+    """Ranks of one host that drive the same physical GPU, told apart by device UUID (with one GPU
+    visible per task every rank says cuda:0, so the index alone cannot tell)."""
+    on_gpu = [i for i in infos if i["device"] and i["device"].startswith("cuda")]
+    if not on_gpu:
+        return []
+    ids = [i.get("gpu_uuid") or i["device"].split()[0] for i in on_gpu]
+    distinct = len(set(ids))
+    if distinct < len(on_gpu):
+        return [f"{host}: {len(on_gpu)} ranks share {distinct} GPU(s) (by device UUID): each rank should "
+                "have its own GPU (fine for tests, slow for training)"]
+    return []
+
+
+def _kernel_matches(got, ref, rtol: float) -> bool:
+    """Squared norm, dot and sketch of the op against the float64 reference."""
+    sq, dot, sketch = got
+    ref_sq, ref_dot, ref_sketch = ref
+    return bool(np.isclose(sq, ref_sq, rtol=rtol) and np.isclose(dot, ref_dot, rtol=rtol, atol=1e-3)
+                and torch.allclose(sketch.float().cpu(), ref_sketch, rtol=rtol, atol=1e-4))
 
 
 def _check_kernel(device: torch.device) -> tuple[str, str]:
@@ -132,21 +152,21 @@ def _check_kernel(device: torch.device) -> tuple[str, str]:
     w, w0, xi = (torch.randn(10_000, generator=g) for _ in range(3))
     got = kernels.drift_state(w, w0, xi=xi, sketch_depth=5, sketch_width=64, seed=7)
     ref = reference.drift_state(w, w0, xi, 5, 64, 7)
-    if not (np.isclose(got.sqnorm, ref[0], rtol=1e-5) and np.isclose(got.dot, ref[1], rtol=1e-4, atol=1e-3)
-            and torch.allclose(got.sketch, ref[2], rtol=1e-4, atol=1e-4)):
+    if not _kernel_matches(got, ref, rtol=1e-5):
         return FAIL, f"the {backend} drift_state op disagrees with the reference on the CPU"
+    if device.type == "cuda" and not kernels.cuda_kernel_available():
+        return FAIL, ("the tensors will be on CUDA but libfda_kernels has no CUDA kernel (built without nvcc "
+                      "or against a CPU-only torch): rebuild on the GPU node, see the README's GPU set-up")
     if backend != "native":
         return WARN, ("native op not loaded, using the pure-torch reference (slower): "
                       f"{kernels._native_state['error']}; run `make native`")
     detail = "native op loaded, CPU result matches the reference"
     if device.type == "cuda":
-        if not kernels._native_has(device):
-            return WARN, detail + "; no CUDA kernel in the library (the reference runs on the GPU, slower)"
         got = kernels.drift_state(w.to(device), w0.to(device), xi=xi.to(device), sketch_depth=5,
                                   sketch_width=64, seed=7)
-        if not np.isclose(got.sqnorm, ref[0], rtol=1e-4):
-            return FAIL, "the CUDA drift_state op disagrees with the reference"
-        detail += "; CUDA kernel present and matches"
+        if not _kernel_matches(got, ref, rtol=1e-4):
+            return FAIL, "the CUDA drift_state op disagrees with the reference (sqnorm, dot or sketch)"
+        detail += "; CUDA kernel: sqnorm, dot and sketch match"
     return OK, detail
 
 

@@ -25,6 +25,7 @@ from fda.h5log import LOG_NAME, H5Log
 from fda.strategies import make_strategy
 
 FLOAT_BYTES = 4  # the paper's accounting counts float32 values
+_HEAD = 3  # the per-step Allreduce starts with [loss sum, non-finite flag, worker count]
 DEFAULT_EVAL_EVERY = 100  # should_evaluate() when neither eval_every, steps_per_epoch nor fda.shard tells
 
 
@@ -85,6 +86,10 @@ class Synchronizer:
         self.monitor = self.strategy.monitor
         self.w0 = self.workers[0].params.detach().clone()
         self.xi = self._initial_xi() if (self.monitor is not None and self.monitor.uses_xi) else None
+        self._packed_buffers: dict[int, torch.Tensor] = {}  # the per-step Allreduce buffer, by state size
+        self._kernel_out = (torch.empty(kernels.packed_size(self.monitor.sketch_depth, self.monitor.sketch_width),
+                                        dtype=torch.float64, device=self.workers[0].device)
+                            if self.monitor is not None else None)
 
         self.step_count = 0
         self.syncs = 0
@@ -101,16 +106,21 @@ class Synchronizer:
 
     # ------------------------------------------------------------------ set-up
     def _broadcast_initial_state(self) -> None:
-        """Every worker starts from rank 0's first model (its full state_dict, frozen parts too)."""
-        src = self.workers[0].module.state_dict()
-        for name in sorted(src):
-            t = src[name]
-            if t.is_contiguous():
-                self.world.bcast_(t, root=0, kind="setup")
-            else:
-                tmp = t.contiguous()
-                self.world.bcast_(tmp, root=0, kind="setup")
-                t.copy_(tmp)
+        """Every worker starts from rank 0's first model (its full state_dict, frozen parts too):
+        ONE broadcast of the flat buffer, plus one per dtype for whatever lives outside it."""
+        first = self.workers[0]
+        self.world.bcast_(first.flat, root=0, kind="setup")
+        flat_storage = first.flat.untyped_storage().data_ptr()
+        src = first.module.state_dict()
+        rest = [src[n] for n in sorted(src) if src[n].untyped_storage().data_ptr() != flat_storage]
+        for dtype in sorted({t.dtype for t in rest}, key=str):
+            group = [t for t in rest if t.dtype == dtype]
+            packed = torch.cat([t.reshape(-1) for t in group])
+            self.world.bcast_(packed, root=0, kind="setup")
+            offset = 0
+            for t in group:
+                t.copy_(packed[offset:offset + t.numel()].view_as(t))
+                offset += t.numel()
         for w in self.workers[1:]:
             w.module.load_state_dict(src)
 
@@ -174,7 +184,8 @@ class Synchronizer:
     def step(self, loss=None) -> bool:
         """Call once per local step (after optimizer.step()). Returns True when the models were averaged.
 
-        loss: this step's training loss: a float, or one float per hosted worker.
+        loss: this step's training loss: a float or a tensor (e.g. `loss.detach()`: reading it
+        does not synchronise the GPU), or one per hosted worker.
         """
         t_enter = time.perf_counter()
         compute_s = t_enter - self._t_last
@@ -184,26 +195,18 @@ class Synchronizer:
         if cfg.fail_at_step == step and cfg.fail_rank == self.ctx.rank:
             raise InjectedFailure(f"injected failure at step {step} (fail_at_step/fail_rank testing aid)")
 
-        losses = _as_list(loss)
         check = self.monitor is not None and self.strategy.wants_check(step)
-        monitor_s = 0.0
-        state = None
-        if check:
-            t = time.perf_counter()
-            state = self._local_state()
-            monitor_s = time.perf_counter() - t
-        loss_sum = float(np.sum(losses)) if losses else 0.0
-        bad = int(not math.isfinite(loss_sum) or (state is not None and not np.all(np.isfinite(state))))
+        t = time.perf_counter()
+        packed = self._pack_step(loss, check)
+        monitor_s = time.perf_counter() - t
 
         t = time.perf_counter()
-        head = [loss_sum, float(bad), float(len(losses))]
-        summed_state = state if (state is not None and self.monitor.reduce_op == "sum") else None
-        packed = np.concatenate([head, summed_state]) if summed_state is not None else np.array(head)
-        reduced = self.world.allreduce_values(packed, "sum", kind="state")
-        if state is not None and self.monitor.reduce_op == "max":
-            mean_state = self.world.allreduce_values(state, "max", kind="state")
-        elif state is not None:
-            mean_state = reduced[3:] / self.K
+        reduced = self.world.allreduce_to_host(packed, "sum", kind="state")
+        mean_state = None
+        if check and self.monitor.reduce_op == "max":
+            mean_state = self.world.allreduce_to_host(packed[_HEAD:], "max", kind="state")
+        elif check:
+            mean_state = reduced[_HEAD:] / self.K
         comm_s = time.perf_counter() - t
 
         if reduced[1] > 0 or not np.all(np.isfinite(reduced)):
@@ -237,15 +240,40 @@ class Synchronizer:
         self._t_last = time.perf_counter()
         return synced
 
-    def _local_state(self) -> np.ndarray:
+    def _pack_step(self, loss, check: bool) -> torch.Tensor:
+        """This rank's part of the step's ONE small Allreduce, built on the model's device without a
+        host sync: [loss sum, non-finite flag, worker count, local state (when checked)] in float64."""
+        n_state = self.monitor.state_size if check else 0
+        packed = self._packed_buffers.get(n_state)
+        if packed is None:
+            packed = self._packed_buffers[n_state] = torch.zeros(_HEAD + n_state, dtype=torch.float64,
+                                                                 device=self.workers[0].device)
+        losses = _loss_vector(loss, packed.device)
+        loss_sum = losses.sum()
+        finite = torch.isfinite(loss_sum)
+        if check:
+            state = packed[_HEAD:]
+            self._local_state(state)
+            finite = finite & torch.isfinite(state).all()
+        packed[0] = loss_sum
+        packed[1] = (~finite).to(torch.float64)
+        packed[2] = losses.numel()
+        return packed
+
+    def _local_state(self, out: torch.Tensor) -> None:
+        """This rank's state into `out`: its hosted workers' states, summed (or MAX for per-worker monitors)."""
         mon = self.monitor
-        states = []
-        for w in self.workers:
-            drift = kernels.drift_state(w.params, self.w0, xi=self.xi if mon.uses_xi else None,
-                                        sketch_depth=mon.sketch_depth, sketch_width=mon.sketch_width,
-                                        seed=self.cfg.seed)
-            states.append(mon.local_state(drift))
-        return np.sum(states, axis=0) if mon.reduce_op == "sum" else np.max(states, axis=0)
+        for i, w in enumerate(self.workers):
+            drift = kernels.drift_state_out(w.params, self.w0, self._kernel_out, xi=self.xi if mon.uses_xi else None,
+                                            sketch_depth=mon.sketch_depth, sketch_width=mon.sketch_width,
+                                            seed=self.cfg.seed)
+            state = mon.local_state(drift)
+            if i == 0:
+                out.copy_(state)
+            elif mon.reduce_op == "sum":
+                out.add_(state)
+            else:
+                torch.maximum(out, state, out=out)
 
     def _exact_variance(self) -> float:
         """Audit: Var = (1/K) sum_k ||w_k - mean||^2, with a full Allreduce not counted as training traffic."""
@@ -389,12 +417,17 @@ class Synchronizer:
         self.totals = defaultdict(float, state["totals"])
 
 
-def _as_list(loss) -> list[float]:
+def _loss_vector(loss, device: torch.device) -> torch.Tensor:
+    """The step's loss(es) as a float64 vector on `device`; tensors are not read on the host."""
     if loss is None:
-        return []
-    if isinstance(loss, (list, tuple, np.ndarray)):
-        return [float(x) for x in loss]
-    return [float(loss)]
+        return torch.zeros(0, dtype=torch.float64, device=device)
+    items = list(loss) if isinstance(loss, (list, tuple)) else [loss]
+    if all(torch.is_tensor(x) for x in items):
+        return torch.stack([x.detach().reshape(()).to(device=device, dtype=torch.float64) for x in items])
+    if isinstance(loss, np.ndarray) or all(isinstance(x, (int, float, np.floating, np.integer)) for x in items):
+        return torch.tensor([float(x) for x in np.ravel(items)], dtype=torch.float64, device=device)
+    raise TypeError(f"loss must be a float, a tensor, or a list of them (one per hosted worker), "
+                    f"got {type(loss).__name__}")
 
 
 def _version() -> str:

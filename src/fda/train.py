@@ -39,14 +39,15 @@ def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer
                            weight_decay=cfg.weight_decay)
 
 
-def local_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loader: ShardLoader) -> float:
-    """One optimizer step of one worker on its next mini-batch; returns the loss."""
+def local_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loader: ShardLoader) -> torch.Tensor:
+    """One optimizer step of one worker on its next mini-batch; returns the loss as a detached
+    tensor (not read on the host: on a GPU the step's only device->host copy is the Synchronizer's)."""
     xb, yb = loader.next_batch()
     loss = F.cross_entropy(model(xb), yb)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return loss.item()
+    return loss.detach()
 
 
 @torch.no_grad()

@@ -383,3 +383,35 @@ def test_cuda_uses_native_kernel():
     if os.environ.get("FDA_ALLOW_REFERENCE") == "1":
         pytest.skip("FDA_ALLOW_REFERENCE=1")
     assert K._native_has(torch.device("cuda")), "libfda_kernels.so was built without CUDA"
+
+
+@pytest.mark.parametrize("depth,width,with_xi", [(0, 0, False), (0, 0, True), (5, 250, True), (3, 17, False)])
+def test_drift_state_out_packs_the_same_bits(depth, width, with_xi):
+    g = torch.Generator().manual_seed(depth * 100 + width)
+    w, w0, xi = (torch.randn(30_001, generator=g) for _ in range(3))
+    xi = xi if with_xi else None
+    out = torch.full((K.packed_size(depth, width),), float("nan"), dtype=torch.float64)
+    K.drift_state_out(w, w0, out, xi=xi, sketch_depth=depth, sketch_width=width, seed=9)
+    s = K.drift_state(w, w0, xi=xi, sketch_depth=depth, sketch_width=width, seed=9)
+    assert out[0].item() == s.sqnorm
+    assert out[1].item() == (s.dot if with_xi else 0.0)
+    if depth:
+        assert torch.equal(out[2:], s.sketch.double().reshape(-1))
+    ref = torch.full_like(out, float("nan"))
+    R.drift_state_out(w, w0, xi, depth, width, 9, ref)  # the pure-torch path packs the same layout
+    torch.testing.assert_close(ref, out, rtol=1e-4, atol=1e-3)  # native sketch sums in float32
+
+
+def test_drift_state_out_rejects_a_wrong_buffer():
+    w = torch.randn(100)
+    for bad in (torch.empty(7, dtype=torch.float64), torch.empty(2 + 5 * 4, dtype=torch.float32),
+                torch.empty(2 + 5 * 4, 2, dtype=torch.float64)[:, 0]):
+        with pytest.raises(ValueError, match="out must be"):
+            K.drift_state_out(w, torch.zeros(100), bad, sketch_depth=5, sketch_width=4)
+
+
+def test_cuda_tensors_without_the_cuda_kernel_warn_loudly(monkeypatch):
+    monkeypatch.setitem(K._native_state, "warned_cuda", False)
+    monkeypatch.setattr(K, "_load_native", lambda: True)
+    with pytest.warns(RuntimeWarning, match="WITHOUT its CUDA kernel"):
+        K._warn_fallback(torch.device("cuda"))

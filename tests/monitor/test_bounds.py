@@ -1,7 +1,7 @@
 """The monitors' bounds against the exact variance, without MPI.
 
 K worker drifts u_k are drawn; each worker's state comes from the real kernel
-(fda.kernels.drift_state with w = w0 + u_k), states are averaged as the Allreduce
+(fda.kernels.drift_state_out with w = w0 + u_k), states are averaged as the Allreduce
 would, and H(mean state) is compared with Var = mean ||u_k||^2 - ||mean u||^2.
 """
 import math
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fda.kernels import drift_state
+from fda.kernels import drift_state, drift_state_out, packed_size
 from fda.monitor import LinearMonitor, NaiveMonitor, PerWorkerMonitor, SketchMonitor, exact_variance
 from fda.monitor.sketch import ams_m2
 
@@ -35,12 +35,17 @@ def drifts(kind: str, k: int, d: int, gen: torch.Generator) -> torch.Tensor:
     raise ValueError(kind)
 
 
+def local_state(monitor, u_k: torch.Tensor, xi=None, seed: int = 7) -> np.ndarray:
+    """S_k as the synchronizer computes it: the kernel's packed output, mapped by the monitor."""
+    depth, width = monitor.sketch_depth, monitor.sketch_width
+    packed = torch.empty(packed_size(depth, width), dtype=torch.float64)
+    drift_state_out(u_k.contiguous(), torch.zeros(u_k.numel()), packed, xi=xi, sketch_depth=depth,
+                    sketch_width=width, seed=seed)
+    return monitor.local_state(packed).numpy()
+
+
 def mean_state(monitor, u: torch.Tensor, xi=None) -> np.ndarray:
-    w0 = torch.zeros(u.shape[1])
-    states = [monitor.local_state(drift_state(row.contiguous(), w0, xi=xi,
-                                              sketch_depth=monitor.sketch_depth,
-                                              sketch_width=monitor.sketch_width, seed=7))
-              for row in u]
+    states = [local_state(monitor, row, xi=xi) for row in u]
     reduce = np.max if monitor.reduce_op == "max" else np.mean
     return reduce(states, axis=0)
 
@@ -98,8 +103,7 @@ def test_sketch_bound_holds_at_the_expected_rate():
     for trial in range(240):
         mon = mon_cache.setdefault(trial, SketchMonitor(5, 250, seed=trial))
         u = drifts("shared_direction", 4, 3000, gen)
-        state = np.mean([mon.local_state(drift_state(r.contiguous(), torch.zeros(3000), sketch_depth=5,
-                                                     sketch_width=250, seed=trial)) for r in u], axis=0)
+        state = np.mean([local_state(mon, r, seed=trial) for r in u], axis=0)
         held += mon.bound(state) >= true_variance(u) - 1e-9
         trials += 1
     rate = held / trials
@@ -129,8 +133,7 @@ def test_sketch_state_is_linear_so_means_add_up():
     u = drifts("gaussian", 3, 1000, gen)
     mon = SketchMonitor(5, 64, seed=2)
     mean_of_states = mean_state(mon, u)
-    direct = mon.local_state(drift_state(u.mean(0).contiguous(), torch.zeros(1000), sketch_depth=5,
-                                         sketch_width=64, seed=7))
+    direct = local_state(mon, u.mean(0))
     np.testing.assert_allclose(mean_of_states[1:], direct[1:], rtol=1e-4, atol=1e-5)
 
 

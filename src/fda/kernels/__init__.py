@@ -3,6 +3,10 @@
 Public API::
 
     drift_state(w, w0, *, xi=None, sketch_depth=0, sketch_width=0, seed=0) -> DriftState
+    drift_state_out(w, w0, out, *, xi=None, sketch_depth=0, sketch_width=0, seed=0) -> out
+        # the same quantities packed as float64 [||u||^2, <xi,u>, sketch...] into `out`, on w's
+        # device, with no allocation and no host sync (what fda.Synchronizer uses every step)
+    packed_size(sketch_depth, sketch_width) -> 2 + depth * width
     ams_estimate(sketch) -> float          # median over rows of the row sums of squares
     hash_coefficients(seed, depth)         # per-row hash polynomial coefficients
     backend() -> "native" | "reference"
@@ -10,7 +14,8 @@ Public API::
 The native op (``torch.ops.fda.drift_state``, built by ``make native`` from ``csrc/``) is used when
 its shared library is present in ``_native/``; otherwise a pure-torch reference computes the same
 quantities (same hashes) and a warning is issued once.  ``FDA_KERNELS_BACKEND=reference`` forces
-the reference.
+the reference.  CUDA tensors with a library built without its CUDA kernel (no nvcc at build time)
+also fall back to the reference, with a loud warning: it is slow and, on a GPU, not bit-reproducible.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ import torch
 from fda.kernels import reference as _reference
 from fda.kernels.reference import MERSENNE_P, hash_coefficients
 
-__all__ = ["DriftState", "drift_state", "ams_estimate", "hash_coefficients", "backend", "MERSENNE_P"]
+__all__ = ["DriftState", "drift_state", "drift_state_out", "packed_size", "ams_estimate",
+           "hash_coefficients", "backend", "cuda_kernel_available", "MERSENNE_P"]
 
 _NATIVE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native")
-_native_state: dict = {"loaded": None, "error": None, "warned": False}
+_native_state: dict = {"loaded": None, "error": None, "warned": False, "warned_cuda": False}
 
 
 class DriftState(NamedTuple):
@@ -63,16 +69,36 @@ def backend() -> str:
     return "native" if _load_native() else "reference"
 
 
-def _native_has(device: torch.device) -> bool:
-    if not _load_native():
+def _native_has(device: torch.device, op: str = "drift_state") -> bool:
+    if not _load_native() or not hasattr(torch.ops.fda, op):
         return False
     if device.type == "cpu":
         return True
     try:
         key = "CUDA" if device.type == "cuda" else device.type.upper()
-        return torch._C._dispatch_has_kernel_for_dispatch_key("fda::drift_state", key)
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"fda::{op}", key)
     except Exception:  # noqa: BLE001
         return False
+
+
+def cuda_kernel_available() -> bool:
+    """True when the loaded native library has the CUDA kernel (built with nvcc against a CUDA torch)."""
+    return _native_has(torch.device("cuda"))
+
+
+def _warn_fallback(device: torch.device) -> None:
+    if device.type == "cuda" and _load_native():
+        if not _native_state["warned_cuda"]:
+            _native_state["warned_cuda"] = True
+            warnings.warn("fda.kernels: the tensors are on CUDA but libfda_kernels was built WITHOUT its CUDA "
+                          "kernel (no nvcc, or a CPU-only torch, when `make native` ran): using the pure-torch "
+                          "reference, which is slow and not bit-reproducible on a GPU. Rebuild on the GPU node "
+                          "with nvcc on PATH: `rm -rf build/native && make native` (see the README's GPU set-up)",
+                          RuntimeWarning, stacklevel=3)
+    elif not _native_state["warned"]:
+        _native_state["warned"] = True
+        warnings.warn(f"fda.kernels: native drift_state op unavailable ({_native_state['error']}); "
+                      "using the pure-torch reference (slower)", RuntimeWarning, stacklevel=3)
 
 
 def _check_vector(name: str, t) -> None:
@@ -92,14 +118,7 @@ def _check_int(name: str, v) -> int:
     return v
 
 
-def drift_state(w: torch.Tensor, w0: torch.Tensor, *, xi: torch.Tensor | None = None,
-                sketch_depth: int = 0, sketch_width: int = 0, seed: int = 0) -> DriftState:
-    """Squared norm, projection on ``xi`` and AMS sketch of ``u = w - w0`` in one pass.
-
-    ``w``, ``w0`` (and ``xi``) must be contiguous 1-D float32 tensors of equal length on the same
-    device.  ``sketch_depth`` and ``sketch_width`` must both be > 0 (sketch) or both 0 (no sketch).
-    Same ``seed`` -> same hashes on every rank / process / backend.
-    """
+def _check_inputs(w, w0, xi, sketch_depth, sketch_width, seed) -> tuple[int, int, int]:
     _check_vector("w", w)
     _check_vector("w0", w0)
     if xi is not None:
@@ -123,18 +142,60 @@ def drift_state(w: torch.Tensor, w0: torch.Tensor, *, xi: torch.Tensor | None = 
         raise ValueError(f"sketch_width must be < 2^31 - 1, got {width}")
     if w.numel() >= MERSENNE_P:
         raise ValueError(f"vectors longer than 2^31 - 2 elements are not supported (got {w.numel()})")
+    return depth, width, seed
 
+
+def _op_seed(seed: int) -> int:
+    s = seed & ((1 << 64) - 1)
+    return s - (1 << 64) if s >= (1 << 63) else s  # two's complement int64 for the op
+
+
+def packed_size(sketch_depth: int = 0, sketch_width: int = 0) -> int:
+    """Length of `drift_state_out`'s output: sqnorm, dot, then the sketch row-major."""
+    return 2 + sketch_depth * sketch_width
+
+
+def drift_state_out(w: torch.Tensor, w0: torch.Tensor, out: torch.Tensor, *, xi: torch.Tensor | None = None,
+                    sketch_depth: int = 0, sketch_width: int = 0, seed: int = 0) -> torch.Tensor:
+    """Write ``[||u||^2, <xi,u> (0 without xi), sketch row-major]`` of ``u = w - w0`` into ``out``.
+
+    ``out``: contiguous 1-D float64 of ``packed_size(sketch_depth, sketch_width)`` elements on w's
+    device.  No allocation on the native path and no host synchronisation on any path: on a GPU
+    the values stay on the device until the caller moves them (fda.Synchronizer packs them with
+    the loss and copies ONE buffer per step).  Same values, bit for bit, as :func:`drift_state`.
+    """
+    depth, width, seed = _check_inputs(w, w0, xi, sketch_depth, sketch_width, seed)
+    if not (isinstance(out, torch.Tensor) and out.dtype == torch.float64 and out.dim() == 1
+            and out.is_contiguous() and out.numel() == packed_size(depth, width) and out.device == w.device):
+        raise ValueError(f"out must be a contiguous 1-D float64 tensor of {packed_size(depth, width)} "
+                         f"elements on {w.device}")
+    if _native_has(w.device, "drift_state_out"):
+        torch.ops.fda.drift_state_out(w, w0, xi, depth, width, _op_seed(seed), out)
+    elif _native_has(w.device):  # a library built before drift_state_out existed
+        stats, sk = torch.ops.fda.drift_state(w, w0, xi, depth, width, _op_seed(seed))
+        out[:2].copy_(stats)
+        out[2:].copy_(sk.reshape(-1))
+    else:
+        _warn_fallback(w.device)
+        _reference.drift_state_out(w, w0, xi, depth, width, seed, out)
+    return out
+
+
+def drift_state(w: torch.Tensor, w0: torch.Tensor, *, xi: torch.Tensor | None = None,
+                sketch_depth: int = 0, sketch_width: int = 0, seed: int = 0) -> DriftState:
+    """Squared norm, projection on ``xi`` and AMS sketch of ``u = w - w0`` in one pass.
+
+    ``w``, ``w0`` (and ``xi``) must be contiguous 1-D float32 tensors of equal length on the same
+    device.  ``sketch_depth`` and ``sketch_width`` must both be > 0 (sketch) or both 0 (no sketch).
+    Same ``seed`` -> same hashes on every rank / process / backend.  Returns Python floats (one
+    host sync); use :func:`drift_state_out` inside a training step.
+    """
+    depth, width, seed = _check_inputs(w, w0, xi, sketch_depth, sketch_width, seed)
     if _native_has(w.device):
-        s = seed & ((1 << 64) - 1)
-        s = s - (1 << 64) if s >= (1 << 63) else s  # two's complement int64 for the op
-        stats, sk = torch.ops.fda.drift_state(w, w0, xi, depth, width, s)
+        stats, sk = torch.ops.fda.drift_state(w, w0, xi, depth, width, _op_seed(seed))
         sq, dt = stats.tolist()
         return DriftState(sq, dt if xi is not None else None, sk if depth > 0 else None)
-
-    if not _load_native() and not _native_state["warned"]:
-        _native_state["warned"] = True
-        warnings.warn(f"fda.kernels: native drift_state op unavailable ({_native_state['error']}); "
-                      "using the pure-torch reference (slower)", RuntimeWarning, stacklevel=2)
+    _warn_fallback(w.device)
     return DriftState(*_reference.drift_state(w, w0, xi, depth, width, seed))
 
 

@@ -56,14 +56,15 @@ def hash_rows(idx: torch.Tensor, coeffs, width: int) -> tuple[torch.Tensor, torc
     return torch.stack(buckets), torch.stack(signs)
 
 
-def drift_state(w: torch.Tensor, w0: torch.Tensor, xi: torch.Tensor | None, depth: int, width: int,
-                seed: int) -> tuple[float, float | None, torch.Tensor | None]:
-    """Unvalidated reference; use :func:`fda.kernels.drift_state` (it validates the inputs)."""
+def drift_state_out(w: torch.Tensor, w0: torch.Tensor, xi: torch.Tensor | None, depth: int, width: int,
+                    seed: int, out: torch.Tensor) -> torch.Tensor:
+    """Unvalidated reference of the packed op: writes ``[||u||^2, <xi,u>, sketch row-major]`` (float64)
+    into ``out`` with tensor operations only (no host sync); the sketch values are rounded to float32
+    first, as the native op returns them."""
     u = w - w0  # float32, the drift vector
     u64 = u.to(torch.float64)
-    sqnorm = float(torch.dot(u64, u64))
-    dot = float(torch.dot(xi.to(torch.float64), u64)) if xi is not None else None
-    sketch = None
+    out[0] = torch.dot(u64, u64)
+    out[1] = torch.dot(xi.to(torch.float64), u64) if xi is not None else 0.0
     if depth > 0:
         coeffs = hash_coefficients(seed, depth)
         acc = torch.zeros(depth * width, dtype=torch.float64, device=w.device)
@@ -74,5 +75,15 @@ def drift_state(w: torch.Tensor, w0: torch.Tensor, xi: torch.Tensor | None, dept
             buckets, signs = hash_rows(idx, coeffs, width)
             vals = signs.to(torch.float64) * u64[start:stop]
             acc.index_add_(0, (buckets + offsets).reshape(-1), vals.reshape(-1))
-        sketch = acc.view(depth, width).to(torch.float32)
-    return sqnorm, dot, sketch
+        out[2:].copy_(acc.to(torch.float32))
+    return out
+
+
+def drift_state(w: torch.Tensor, w0: torch.Tensor, xi: torch.Tensor | None, depth: int, width: int,
+                seed: int) -> tuple[float, float | None, torch.Tensor | None]:
+    """Unvalidated reference; use :func:`fda.kernels.drift_state` (it validates the inputs)."""
+    out = drift_state_out(w, w0, xi, depth, width, seed,
+                          torch.empty(2 + depth * width, dtype=torch.float64, device=w.device))
+    sqnorm, dot = out[:2].tolist()
+    sketch = out[2:].to(torch.float32).view(depth, width) if depth > 0 else None
+    return sqnorm, dot if xi is not None else None, sketch

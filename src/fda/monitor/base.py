@@ -3,8 +3,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import numpy as np
-
-from fda.kernels import DriftState
+import torch
 
 
 class Monitor(ABC):
@@ -22,8 +21,9 @@ class Monitor(ABC):
         """Floats per worker per check (the paper's |S_k|)."""
 
     @abstractmethod
-    def local_state(self, drift: DriftState) -> np.ndarray:
-        """S_k as float64, from the kernel's (sqnorm, dot, sketch) of u_k."""
+    def local_state(self, packed: torch.Tensor) -> torch.Tensor:
+        """S_k (float64, `state_size` values, on the packed tensor's device: no host sync) from the
+        kernel's packed output [||u_k||^2, <xi,u_k>, sketch row-major] (fda.kernels.drift_state_out)."""
 
     @abstractmethod
     def bound(self, mean_state: np.ndarray) -> float:

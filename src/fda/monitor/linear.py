@@ -1,8 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
-
-from fda.kernels import DriftState
+import torch
 from fda.monitor.base import Monitor
 
 
@@ -19,10 +18,8 @@ class LinearMonitor(Monitor):
     def state_size(self) -> int:
         return 2
 
-    def local_state(self, drift: DriftState) -> np.ndarray:
-        if drift.dot is None:
-            raise ValueError("the linear monitor needs <xi, u> from the kernel")
-        return np.array([drift.sqnorm, drift.dot], dtype=np.float64)
+    def local_state(self, packed: torch.Tensor) -> torch.Tensor:
+        return packed[:2]
 
     def bound(self, mean_state: np.ndarray) -> float:
         return float(mean_state[0] - mean_state[1] ** 2)

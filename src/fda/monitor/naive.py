@@ -1,8 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
-
-from fda.kernels import DriftState
+import torch
 from fda.monitor.base import Monitor
 
 
@@ -15,8 +14,8 @@ class NaiveMonitor(Monitor):
     def state_size(self) -> int:
         return 1
 
-    def local_state(self, drift: DriftState) -> np.ndarray:
-        return np.array([drift.sqnorm], dtype=np.float64)
+    def local_state(self, packed: torch.Tensor) -> torch.Tensor:
+        return packed[:1]
 
     def bound(self, mean_state: np.ndarray) -> float:
         return float(mean_state[0])

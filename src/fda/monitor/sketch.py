@@ -3,8 +3,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
-from fda.kernels import DriftState
+from fda.kernels import packed_size
 from fda.monitor.base import Monitor
 
 
@@ -30,13 +31,10 @@ class SketchMonitor(Monitor):
     def state_size(self) -> int:
         return 1 + self.sketch_depth * self.sketch_width
 
-    def local_state(self, drift: DriftState) -> np.ndarray:
-        if drift.sketch is None:
-            raise ValueError("the sketch monitor needs the kernel's sketch")
-        out = np.empty(self.state_size, dtype=np.float64)
-        out[0] = drift.sqnorm
-        out[1:] = drift.sketch.detach().cpu().numpy().reshape(-1)
-        return out
+    def local_state(self, packed: torch.Tensor) -> torch.Tensor:
+        if packed.numel() != packed_size(self.sketch_depth, self.sketch_width):
+            raise ValueError("the sketch monitor needs the kernel's sketch of its depth and width")
+        return torch.cat([packed[:1], packed[2:]])
 
     def bound(self, mean_state: np.ndarray) -> float:
         sk = np.asarray(mean_state[1:]).reshape(self.sketch_depth, self.sketch_width)
