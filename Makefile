@@ -31,10 +31,10 @@ NATIVE_CMAKE_ARGS ?=
 native:
 	@set -e; \
 	cmake=$$(test -x $(VENV)/bin/cmake && echo $(VENV)/bin/cmake || echo cmake); \
-	ninja=$$(test -x $(VENV)/bin/ninja && echo $(CURDIR)/$(VENV)/bin/ninja || command -v ninja || true); \
+	ninja=$$(test -x $(VENV)/bin/ninja && echo $(abspath $(VENV))/bin/ninja || command -v ninja || true); \
 	if [ ! -f $(NATIVE_BUILD)/CMakeCache.txt ]; then \
 	  if [ -n "$$ninja" ]; then gen="-G Ninja -DCMAKE_MAKE_PROGRAM=$$ninja"; else gen=""; fi; \
-	  $$cmake -S . -B $(NATIVE_BUILD) $$gen -DFDA_PYTHON=$(CURDIR)/$(PY) $(NATIVE_CMAKE_ARGS); \
+	  $$cmake -S . -B $(NATIVE_BUILD) $$gen -DFDA_PYTHON=$(abspath $(PY)) $(NATIVE_CMAKE_ARGS); \
 	fi; \
 	$$cmake --build $(NATIVE_BUILD) --parallel; \
 	ls src/fda/kernels/_native/libfda_kernels.so
@@ -51,7 +51,7 @@ cuda-check:
 	@set -e; \
 	nvcc=$(CUDA_CHECK_HOME)/bin/nvcc; \
 	cmake=$$(test -x $(VENV)/bin/cmake && echo $(VENV)/bin/cmake || echo cmake); \
-	ninja=$$(test -x $(VENV)/bin/ninja && echo $(CURDIR)/$(VENV)/bin/ninja || command -v ninja || true); \
+	ninja=$$(test -x $(VENV)/bin/ninja && echo $(abspath $(VENV))/bin/ninja || command -v ninja || true); \
 	mkdir -p $(CUDA_CHECK_BUILD); \
 	echo "cuda-check (a): nvcc $$($$nvcc --version | tail -1) -> drift_state_cuda.cu for sm_80, sm_90"; \
 	$$nvcc -std=c++17 -O3 --fmad=false -Isrc/fda/kernels/csrc \
