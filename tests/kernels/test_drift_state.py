@@ -249,6 +249,48 @@ def test_native_op_checks_inputs_itself():
         torch.ops.fda.drift_state(x.double(), x.double(), None, 0, 0, 0)
 
 
+def _needs_native():
+    if K.backend() != "native":
+        pytest.skip("native op not loaded")
+
+
+@pytest.mark.parametrize("d", [0, 1, 4097, LENET])
+@pytest.mark.parametrize("depth,width", [(0, 0), (1, 1), (5, 250), (3, 1023)])
+@pytest.mark.parametrize("with_xi", [True, False])
+def test_out_variant_has_the_same_bits(d, depth, width, with_xi):
+    """drift_state_out writes (sqnorm, dot, sketch widened to float64) into a caller's buffer:
+    the same bits as drift_state, every element written (the buffer starts as NaN)."""
+    _needs_native()
+    w, w0, xi = _vectors(d, 3)
+    xi = xi if with_xi else None
+    out = torch.full((2 + depth * width,), float("nan"), dtype=torch.float64)
+    assert torch.ops.fda.drift_state_out(w, w0, xi, depth, width, 11, out) is None
+    stats, sk = torch.ops.fda.drift_state(w, w0, xi, depth, width, 11)
+    assert torch.equal(out[:2], stats)
+    assert torch.equal(out[2:], sk.reshape(-1).double())
+    assert torch.equal(out[2:].float().double(), out[2:])  # float32 values, widened exactly
+    if xi is None:
+        assert out[1].item() == 0.0
+
+
+def test_out_variant_rejects_bad_buffers():
+    """(A buffer on another device: tests/kernels/test_drift_state_cuda.py.)"""
+    _needs_native()
+    x = torch.zeros(10)
+    op = torch.ops.fda.drift_state_out
+    cases = [
+        (torch.zeros(2 + 6), "float64"),
+        (torch.zeros(2 + 5, dtype=torch.float64), "2 \\+ depth \\* width"),
+        (torch.zeros(4, 4, dtype=torch.float64)[:, 0], "contiguous"),
+        (torch.zeros(1, 8, dtype=torch.float64), "1-D"),
+    ]
+    for out, msg in cases:
+        with pytest.raises(RuntimeError, match=msg):
+            op(x, x, None, 2, 3, 0, out)
+    with pytest.raises(RuntimeError, match="depth and width"):
+        op(x, x, None, 0, 3, 0, torch.zeros(2, dtype=torch.float64))
+
+
 def test_empty_and_output_types():
     e = torch.zeros(0)
     s = K.drift_state(e, e, xi=e, sketch_depth=2, sketch_width=3)

@@ -10,6 +10,8 @@ namespace fda {
 // Validates the op's inputs (TORCH_CHECK); shared by the CPU and CUDA implementations.
 void check_drift_state_inputs(const at::Tensor& w, const at::Tensor& w0,
                               const c10::optional<at::Tensor>& xi, int64_t depth, int64_t width);
+// Validates drift_state_out's `out` (float64, contiguous 1-D, 2 + depth * width, on w's device).
+void check_drift_state_out(const at::Tensor& w, const at::Tensor& out, int64_t depth, int64_t width);
 }  // namespace fda
 #endif
 

@@ -1,11 +1,18 @@
-// drift_state_cpu.cpp -- the fused FDA drift-state op (CPU) and the op schema.
+// drift_state_cpu.cpp -- the fused FDA drift-state ops (CPU) and the op schemas.
 //
 //   fda::drift_state(Tensor w, Tensor w0, Tensor? xi, int depth, int width, int seed)
 //       -> (Tensor stats, Tensor sketch)
+//   fda::drift_state_out(Tensor w, Tensor w0, Tensor? xi, int depth, int width, int seed,
+//                        Tensor(a!) out) -> ()
 //
 // stats:  float64 [2] = (||u||^2, <xi, u>) with u = w - w0 (float32 subtraction); dot is 0
 //         without xi.  On w's device.
 // sketch: float32 [depth, width] AMS sketch of u (shape [0, 0] when depth == width == 0).
+// out:    float64 [2 + depth * width], contiguous, on w's device: out[0:2] = stats and out[2:] =
+//         the sketch row-major, each value the float32 sketch value widened exactly (same bits as
+//         drift_state's).  Nothing is allocated on the device and nothing waits for it (CUDA:
+//         launched on the current stream), so a caller can pack the whole state into one buffer
+//         and move it with one transfer.
 //
 // One pass reads w and w0 once (plus xi when given).  Work is split into fixed-size blocks that
 // do NOT depend on the thread count; every block produces its own partials (float64 norm/dot,
@@ -58,6 +65,15 @@ void check_drift_state_inputs(const at::Tensor& w, const at::Tensor& w0,
   TORCH_CHECK(depth * width < (int64_t(1) << 31), "drift_state: sketch too large");
   TORCH_CHECK(w.numel() < static_cast<int64_t>(hash::kPrime),
               "drift_state: vectors must have fewer than 2^31 - 1 elements");
+}
+
+void check_drift_state_out(const at::Tensor& w, const at::Tensor& out, int64_t depth, int64_t width) {
+  TORCH_CHECK(out.dtype() == at::kDouble, "drift_state_out: out must be float64, got ", out.dtype());
+  TORCH_CHECK(out.dim() == 1 && out.is_contiguous(), "drift_state_out: out must be a contiguous 1-D tensor");
+  TORCH_CHECK(out.numel() == 2 + depth * width, "drift_state_out: out must have 2 + depth * width = ",
+              2 + depth * width, " elements, got ", out.numel());
+  TORCH_CHECK(out.device() == w.device(), "drift_state_out: out is on ", out.device(), " but w is on ",
+              w.device());
 }
 
 namespace {
@@ -352,18 +368,17 @@ FDA_CLONES void norm_blocks(const float* w, const float* w0, const float* xi, in
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> drift_state_cpu_impl(const at::Tensor& w, const at::Tensor& w0,
-                                                        const c10::optional<at::Tensor>& xi_opt,
-                                                        int64_t depth, int64_t width, int64_t seed,
-                                                        int mode) {
-  check_drift_state_inputs(w, w0, xi_opt, depth, width);
+// The op's work (inputs already checked).  stats: 2 doubles; the sketch goes to sk32 (float32) or,
+// widened from the same float32 values, to sk64 (exactly one of the two is given when depth > 0).
+void drift_state_cpu_run(const at::Tensor& w, const at::Tensor& w0, const c10::optional<at::Tensor>& xi_opt,
+                         int64_t depth, int64_t width, int64_t seed, int mode, double* stats,
+                         float* sk32, double* sk64) {
   const int64_t d = w.numel();
   const float* wp = w.data_ptr<float>();
   const float* w0p = w0.data_ptr<float>();
   const float* xip = xi_opt.has_value() ? xi_opt->data_ptr<float>() : nullptr;
   const int64_t n_norm = (d + kNormBlock - 1) / kNormBlock;
   std::vector<double> sq_parts(n_norm, 0.0), dot_parts(n_norm, 0.0);
-  at::Tensor sketch = at::zeros({depth, width}, w.options());
 
   if (depth == 0) {
     // grain 8 blocks (128K elements, ~20 us): small vectors (LeNet) run inline, no thread wake-up
@@ -413,17 +428,32 @@ std::tuple<at::Tensor, at::Tensor> drift_state_cpu_impl(const at::Tensor& w, con
         }
       });
     }
-    float* out = sketch.data_ptr<float>();
-    for (int64_t e = 0; e < S; ++e) out[e] = static_cast<float>(acc[e]);
+    for (int64_t e = 0; e < S; ++e) {
+      const float v = static_cast<float>(acc[e]);
+      if (sk32)
+        sk32[e] = v;
+      else
+        sk64[e] = static_cast<double>(v);
+    }
   }
   double sq = 0.0, dt = 0.0;
   for (int64_t b = 0; b < n_norm; ++b) {
     sq += sq_parts[b];
     dt += dot_parts[b];
   }
+  stats[0] = sq;
+  stats[1] = dt;
+}
+
+std::tuple<at::Tensor, at::Tensor> drift_state_cpu_impl(const at::Tensor& w, const at::Tensor& w0,
+                                                        const c10::optional<at::Tensor>& xi,
+                                                        int64_t depth, int64_t width, int64_t seed,
+                                                        int mode) {
+  check_drift_state_inputs(w, w0, xi, depth, width);
   at::Tensor stats = at::empty({2}, w.options().dtype(at::kDouble));
-  stats.data_ptr<double>()[0] = sq;
-  stats.data_ptr<double>()[1] = dt;
+  at::Tensor sketch = at::zeros({depth, width}, w.options());
+  drift_state_cpu_run(w, w0, xi, depth, width, seed, mode, stats.data_ptr<double>(),
+                      sketch.data_ptr<float>(), nullptr);
   return {stats, sketch};
 }
 
@@ -431,6 +461,14 @@ std::tuple<at::Tensor, at::Tensor> drift_state_cpu(const at::Tensor& w, const at
                                                    const c10::optional<at::Tensor>& xi,
                                                    int64_t depth, int64_t width, int64_t seed) {
   return drift_state_cpu_impl(w, w0, xi, depth, width, seed, 0);
+}
+
+void drift_state_out_cpu(const at::Tensor& w, const at::Tensor& w0, const c10::optional<at::Tensor>& xi,
+                         int64_t depth, int64_t width, int64_t seed, const at::Tensor& out) {
+  check_drift_state_inputs(w, w0, xi, depth, width);
+  check_drift_state_out(w, out, depth, width);
+  double* o = out.data_ptr<double>();
+  drift_state_cpu_run(w, w0, xi, depth, width, seed, 0, o, nullptr, o + 2);
 }
 
 // Benchmark-only variants (see kMode); results are meaningless.
@@ -446,11 +484,13 @@ std::tuple<at::Tensor, at::Tensor> drift_state_profile_cpu(const at::Tensor& w, 
 
 TORCH_LIBRARY(fda, m) {
   m.def("drift_state(Tensor w, Tensor w0, Tensor? xi, int depth, int width, int seed) -> (Tensor, Tensor)");
+  m.def("drift_state_out(Tensor w, Tensor w0, Tensor? xi, int depth, int width, int seed, Tensor(a!) out) -> ()");
   // bench/kernel.py only: mode 1 = hashing without the scatter, 2 = scatter without hashing.
   m.def("_drift_state_profile(Tensor w, Tensor w0, int depth, int width, int seed, int mode) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fda, CPU, m) {
   m.impl("drift_state", &fda::drift_state_cpu);
+  m.impl("drift_state_out", &fda::drift_state_out_cpu);
   m.impl("_drift_state_profile", &fda::drift_state_profile_cpu);
 }

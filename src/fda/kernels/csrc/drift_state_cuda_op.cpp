@@ -26,7 +26,19 @@ std::tuple<at::Tensor, at::Tensor> drift_state_cuda(const at::Tensor& w, const a
   return {stats, sketch};
 }
 
+void drift_state_out_cuda(const at::Tensor& w, const at::Tensor& w0, const c10::optional<at::Tensor>& xi,
+                          int64_t depth, int64_t width, int64_t seed, const at::Tensor& out) {
+  check_drift_state_inputs(w, w0, xi, depth, width);
+  check_drift_state_out(w, out, depth, width);
+  auto [stats, sketch] = drift_state_cuda(w, w0, xi, depth, width, seed);
+  out.narrow(0, 0, 2).copy_(stats);
+  out.narrow(0, 2, depth * width).copy_(sketch.reshape(-1));
+}
+
 }  // namespace
 }  // namespace fda
 
-TORCH_LIBRARY_IMPL(fda, CUDA, m) { m.impl("drift_state", &fda::drift_state_cuda); }
+TORCH_LIBRARY_IMPL(fda, CUDA, m) {
+  m.impl("drift_state", &fda::drift_state_cuda);
+  m.impl("drift_state_out", &fda::drift_state_out_cuda);
+}
