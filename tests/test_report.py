@@ -147,15 +147,23 @@ def test_missing_file(tmp_path, capsys):
     assert "no metrics.h5" in capsys.readouterr().err
 
 
-def test_unfinished_run_is_an_error(runs, tmp_path, capsys):
+@pytest.mark.parametrize("status,writer_alive,says", [
+    ("running", True, "unfinished (status=running: still training)"),
+    ("running", False, "the run crashed (status=running, but its writer"),
+    ("interrupted", False, "interrupted by a signal at step 7"),
+])
+def test_unfinished_run_is_an_error(runs, tmp_path, capsys, status, writer_alive, says):
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     shutil.copy(runs / "sync" / "metrics.h5", unfinished / "metrics.h5")
     with h5py.File(unfinished / "metrics.h5", "r+") as f:
-        f.attrs["status"] = "running"
+        f.attrs["status"] = status
+        f.attrs["stopped_at_step"] = 7
+        if writer_alive:
+            f.attrs["writer_pid"] = os.getpid()  # the original writer (an mpiexec run) has ended
     assert cli_report(runs / "sync", unfinished, "--out", tmp_path / "r") == 2
     err = capsys.readouterr().err
-    assert str(unfinished / "metrics.h5") in err and "unfinished" in err and "status=running" in err
+    assert str(unfinished / "metrics.h5") in err and says in err
     assert not (tmp_path / "r" / "report.csv").exists()
 
 

@@ -61,7 +61,7 @@ def save(out: Path, ctx, sync, models, optimizers, loaders) -> None:
     }
     _atomic_write(state, where / f"rank_{ctx.rank}.pt")
     if sync.log is not None:
-        sync.log.flush()
+        sync.log.flush(durable=True)
     ctx.world.barrier()
     if ctx.is_root:
         latest = _dir(out) / "LATEST"

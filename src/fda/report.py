@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fda.h5log import LOG_NAME, open_log
+from fda.h5log import LOG_NAME, open_log, run_status
 
 SYNC_MARGIN = 0.005  # default target: Synchronous's best minus 0.5 points
 FDA_KINDS = ("fda", "fda_opt", "kamp")
@@ -77,10 +77,17 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
     with f:
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
-        status = str(attrs.get("status", "unknown"))
+        status = run_status(f)
         if status == "running":
-            raise ReportError(f"{log}: the run is unfinished (status=running: still training, or killed "
-                              "before it ended); resume it (fda train --resume DIR) or report finished runs")
+            raise ReportError(f"{log}: the run is unfinished (status=running: still training); "
+                              "report finished runs")
+        if status == "crashed":
+            raise ReportError(f"{log}: the run crashed (status=running, but its writer, process "
+                              f"{attrs.get('writer_pid')} on {attrs.get('writer_host')}, is gone); "
+                              "resume it (fda train --resume DIR) or report finished runs")
+        if status == "interrupted":
+            raise ReportError(f"{log}: the run was interrupted by a signal at step {attrs.get('stopped_at_step')} "
+                              "(status=interrupted); resume it (fda train --resume DIR) or report finished runs")
         if status == "failed":
             raise ReportError(f"{log}: the run failed (status=failed): {attrs.get('error') or 'no error stored'}")
         if status != "completed":
