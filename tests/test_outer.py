@@ -53,3 +53,46 @@ def test_make_outer_none_is_plain_averaging_and_bad_kinds_are_refused():
     assert make_outer("nesterov", lr=0.7).describe() == "nesterov(lr=0.7, momentum=0.9)"
     with pytest.raises(ValueError, match="unknown outer optimizer"):
         OuterOptimizer("lamb", lr=0.1)
+
+
+# ------------------------------------------------------- through fda.Synchronizer, on every rank
+def _params(model) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double()
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("settings", [
+    dict(strategy="diloco", tau=3),  # DiLoCo's defaults: outer Nesterov, momentum 0.9, lr 0.7
+    dict(strategy="fda", monitor="naive", theta=0.0, server_optimizer="nesterov", server_lr=0.7),
+], ids=["diloco", "fda-triggered"])
+def test_outer_nesterov_step_matches_hand_computation(mpi_ctx, settings):
+    import fda
+
+    ctx = mpi_ctx
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sync = fda.Synchronizer(model, ctx, **settings)
+    assert "outer=nesterov(lr=0.7, momentum=0.9)" in sync.describe()
+    w0, v, synced_at, ok = _params(model), None, [], True
+    gen = torch.Generator().manual_seed(1 + ctx.rank)  # every rank its own data
+    for step in range(1, 10):
+        x, y = torch.randn(8, 4, generator=gen), torch.randint(0, 3, (8,), generator=gen)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        every = torch.stack([torch.as_tensor(w) for w in ctx.comm.allgather(_params(model).numpy())])
+        if sync.step(loss=loss.item()):
+            synced_at.append(step)
+            g = w0 - every.mean(0)                        # the pseudo-gradient
+            v = g if v is None else 0.9 * v + g           # momentum buffer
+            w0 = w0 - 0.7 * (g + 0.9 * v)                 # Nesterov: step along g + mu * v
+            now = _params(model)
+            ok &= torch.allclose(now, w0, rtol=1e-5, atol=1e-6)
+            ok &= all(torch.equal(torch.as_tensor(w), now) for w in ctx.comm.allgather(now.numpy()))
+            ok &= not torch.allclose(now, every.mean(0), atol=1e-4)  # not plain averaging
+            w0 = now  # continue from the library's w0 (float32) so rounding does not accumulate
+    sync.close()
+    assert synced_at == ([3, 6, 9] if settings["strategy"] == "diloco" else list(range(1, 10)))
+    assert all(ctx.comm.allgather(bool(ok)))

@@ -15,7 +15,18 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-STRATEGIES = ("fda", "synchronous", "fedavg", "fedopt", "fda_opt", "kamp")
+STRATEGIES = ("fda", "synchronous", "fedavg", "fedopt", "fda_opt", "kamp", "diloco")
+OUTER_OPTIMIZERS = ("none", "sgd", "sgdm", "nesterov", "adam", "adagrad")
+# Settings whose default (None) depends on the strategy: DiLoCo (Douillard et al. 2023) is
+# fedavg with tau = H = 500, outer SGD with Nesterov momentum 0.9 and lr 0.7, inner AdamW
+# (weight decay 0.1); FedOpt and FDA-Opt default to FedAvgM's outer step.
+STRATEGY_DEFAULTS = {
+    "diloco": {"tau": 500, "server_optimizer": "nesterov", "server_lr": 0.7, "optimizer": "adamw",
+               "weight_decay": 0.1},
+    "fedopt": {"server_optimizer": "sgdm"},
+    "fda_opt": {"server_optimizer": "sgdm"},
+}
+DEFAULTS = {"tau": 1, "server_optimizer": "none", "server_lr": 0.316, "optimizer": "adam", "weight_decay": 0.0}
 MONITORS = ("naive", "linear", "sketch")
 THETA_RULES = {"hpc": 2.7e-5, "balanced": 3.9e-5, "fl": 4.9e-5}  # FDA.md section 6: theta = c * d
 
@@ -40,11 +51,11 @@ class Config(BaseModel):
     epochs: float = Field(1.0, gt=0.0)
     max_steps: int | None = Field(None, ge=1)
     batch_size: int = Field(32, ge=1)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    optimizer: Literal["adam", "adamw", "sgd"] | None = None  # None: see STRATEGY_DEFAULTS
     lr: float = Field(1e-3, gt=0.0)
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
     nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0.0)
+    weight_decay: float | None = Field(None, ge=0.0)
     seed: int = Field(0, ge=0)
 
     # synchronisation
@@ -52,12 +63,12 @@ class Config(BaseModel):
     monitor: Literal[MONITORS] = "sketch"  # type: ignore[valid-type]
     theta: Union[float, Literal["auto"]] = 1.0
     theta_profile: Literal["hpc", "balanced", "fl"] = "balanced"
-    tau: int = Field(1, ge=1)
+    tau: int | None = Field(None, ge=1)
     check_every: int = Field(1, ge=1)
     sketch_depth: int = Field(5, ge=1)
     sketch_width: int = Field(250, ge=1)
-    server_optimizer: Literal["sgd", "sgdm", "adam", "adagrad"] = "sgdm"
-    server_lr: float = Field(0.316, gt=0.0)
+    server_optimizer: Literal[OUTER_OPTIMIZERS] | None = None  # type: ignore[valid-type]
+    server_lr: float | None = Field(None, gt=0.0)
     server_momentum: float = Field(0.9, ge=0.0, lt=1.0)
     local_epochs: int = Field(1, ge=1)
     max_epochs: int = Field(10, ge=1)
@@ -100,8 +111,8 @@ class Config(BaseModel):
 
     @field_validator("lr", "server_lr", "epochs", "noniid_fraction", "dirichlet_alpha", mode="after")
     @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
             raise ValueError("must be finite")
         return v
 
@@ -114,6 +125,10 @@ class Config(BaseModel):
     def to_json(self) -> str:
         return json.dumps(self.model_dump(), sort_keys=True)
 
+    def resolved(self, name: str):
+        """A setting's value; for those whose default depends on the strategy, that default."""
+        return resolve_setting(self.model_dump(include={name, "strategy"}), name)
+
     def theta_for(self, num_params: int) -> float:
         """The threshold actually used: the given theta, or the paper's rule theta = c * d."""
         if self.theta == "auto":
@@ -122,6 +137,14 @@ class Config(BaseModel):
 
 
 FIELD_NAMES = tuple(Config.model_fields)
+
+
+def resolve_setting(settings: dict, name: str):
+    """settings[name], or, when it is None or absent, its default for settings['strategy']."""
+    value = settings.get(name)
+    if value is not None or name not in DEFAULTS:
+        return value
+    return STRATEGY_DEFAULTS.get(settings.get("strategy", "fda"), {}).get(name, DEFAULTS[name])
 
 
 def _suggest(name: str) -> str:

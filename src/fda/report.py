@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fda.config import resolve_setting
 from fda.h5log import LOG_NAME, open_log, run_status
 
 SYNC_MARGIN = 0.005  # default target: Synchronous's best minus 0.5 points
@@ -151,25 +152,29 @@ def default_target(runs: list[RunData]) -> tuple[float, str]:
 
 
 def strategy_label(run: RunData) -> str:
-    c = run.config
+    c = {name: resolve_setting(run.config, name) for name in run.config}
     kind = run.kind
     theta = run.attrs.get("theta", c.get("theta"))
+    outer = (f", outer {c['server_optimizer']} lr={c['server_lr']:g}"
+             if c.get("server_optimizer", "none") != "none" else "")
     if kind == "synchronous":
-        return "Synchronous"
+        return "Synchronous" + outer
     if kind == "fedavg":
-        return f"FedAvg tau={c.get('tau')}"
+        return f"FedAvg tau={c.get('tau')}" + outer
+    if kind == "diloco":
+        return f"DiLoCo H={c.get('tau')}{outer}, inner {c.get('optimizer')} lr={c.get('lr'):g}"
     if kind == "fedopt":
         return (f"FedOpt server={c.get('server_optimizer')} lr={c.get('server_lr'):g}, "
                 f"E={c.get('local_epochs')}, client {c.get('optimizer')} lr={c.get('lr'):g}")
     if kind == "fda":
         auto = " (auto)" if c.get("theta") == "auto" else ""
         every = f", every {c.get('check_every')}" if c.get("check_every", 1) != 1 else ""
-        return f"FDA {c.get('monitor')} theta={float(theta):g}{auto}{every}"
+        return f"FDA {c.get('monitor')} theta={float(theta):g}{auto}{every}{outer}"
     if kind == "fda_opt":
         return (f"FDA-Opt {c.get('monitor')} server={c.get('server_optimizer')} lr={c.get('server_lr'):g}, "
                 f"max_epochs={c.get('max_epochs')}")
     if kind == "kamp":
-        return f"Kamp theta={float(theta):g}"
+        return f"Kamp theta={float(theta):g}" + outer
     return str(run.attrs.get("strategy", kind))
 
 

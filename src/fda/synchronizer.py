@@ -22,6 +22,7 @@ from fda.config import Config, ConfigError, make_config
 from fda.context import Context
 from fda.flat import FlatModel, local_sum
 from fda.h5log import LOG_NAME, H5Log
+from fda.outer import make_outer
 from fda.strategies import make_strategy
 
 FLOAT_BYTES = 4  # the paper's accounting counts float32 values
@@ -84,6 +85,8 @@ class Synchronizer:
         self.eval_every = cfg.eval_every or steps_per_epoch
         self.strategy = make_strategy(cfg, num_params=self.d, steps_per_epoch=steps_per_epoch)
         self.monitor = self.strategy.monitor
+        self.outer = make_outer(cfg.resolved("server_optimizer"), lr=cfg.resolved("server_lr"),
+                                momentum=cfg.server_momentum)
         self.w0 = self.workers[0].params.detach().clone()
         self.xi = self._initial_xi() if (self.monitor is not None and self.monitor.uses_xi) else None
         self._packed_buffers: dict[int, torch.Tensor] = {}  # the per-step Allreduce buffer, by state size
@@ -155,7 +158,7 @@ class Synchronizer:
             "config": self.cfg.to_json(), "world_size": self.ctx.world_size, "workers": self.K,
             "workers_per_rank": self.ctx.workers_per_rank, "num_params": self.d,
             "fda_version": _version(), "state_kernel": kernels.backend(),
-            "strategy": self.strategy.describe(), "theta": self.strategy.theta,
+            "strategy": self.describe(), "theta": self.strategy.theta,
             "theta_rule": self.theta_rule(),
             "steps_per_epoch": self.steps_per_epoch or 0,
             "state_floats": self.monitor.state_size if self.monitor else 0,
@@ -175,6 +178,11 @@ class Synchronizer:
             c = THETA_RULES[cfg.theta_profile]
             return f"auto: {cfg.theta_profile} rule {c:g} x d = {c:g} x {self.d} = {self.strategy.theta:.4g}"
         return "given" if self.monitor is not None else "none (no variance check)"
+
+    def describe(self) -> str:
+        """When (the strategy) and how (the outer update) this synchronizer syncs."""
+        outer = f", outer={self.outer.describe()}" if self.outer is not None else ""
+        return self.strategy.describe() + outer
 
     # -------------------------------------------------------------------- step
     @property
@@ -286,8 +294,8 @@ class Synchronizer:
         var_at_sync = math.nan
         if self.strategy.wants_sync_variance and not math.isnan(mean_sqnorm):
             var_at_sync = mean_sqnorm - kernels.drift_state(mean, self.w0).sqnorm
-        if self.strategy.server is not None:
-            self.strategy.server.step(self.w0, mean)
+        if self.outer is not None:
+            self.outer.step(self.w0, mean)
         for w in self.workers[1:]:
             w.flat.copy_(self.workers[0].flat)
         if self.xi is not None:  # xi <- the direction of this global update (in place: no new d-vector)
@@ -370,7 +378,7 @@ class Synchronizer:
             "wall_s": time.perf_counter() - self._t_start,
             "time_compute_s": self.totals["compute"], "time_monitor_s": self.totals["monitor"],
             "time_comm_s": self.totals["comm"],
-            "strategy": self.strategy.describe(), "state_kernel": kernels.backend(),
+            "strategy": self.describe(), "state_kernel": kernels.backend(),
         }
 
     def close(self, status: str = "completed", error: str = "") -> dict:
@@ -399,6 +407,7 @@ class Synchronizer:
             "mpi_bytes": {k: self.mpi_bytes(k) for k in sorted({*self.world.bytes.by_kind, *self._bytes_base})},
             "w0": self.w0.clone(),
             "xi": None if self.xi is None else self.xi.clone(), "strategy": self.strategy.state_dict(),
+            "outer": None if self.outer is None else self.outer.state_dict(),
             "totals": dict(self.totals), "config": self.cfg.to_json(),
         }
 
@@ -414,6 +423,8 @@ class Synchronizer:
         if self.xi is not None:
             self.xi = state["xi"].to(self.w0.device)
         self.strategy.load_state_dict(state["strategy"])
+        if self.outer is not None:
+            self.outer.load_state_dict(state["outer"])
         self.totals = defaultdict(float, state["totals"])
 
 

@@ -30,13 +30,15 @@ from fda.synchronizer import CollectiveError, Synchronizer
 
 
 def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The local (inner) optimizer: `optimizer` (adam; adamw for strategy=diloco) and its settings."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    kind, weight_decay = cfg.resolved("optimizer"), cfg.resolved("weight_decay")
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=weight_decay)
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                           weight_decay=cfg.weight_decay)
+                           weight_decay=weight_decay)
 
 
 def local_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loader: ShardLoader) -> torch.Tensor:
@@ -120,7 +122,7 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, overwrite: bool =
     if ctx.is_root and progress:
         print(f"fda: K={ctx.workers} workers ({ctx.world_size} ranks x {ctx.workers_per_rank}), "
               f"{cfg.model} d={sync.d:,}, {cfg.dataset} {cfg.partition}, {total_steps} steps "
-              f"({spe}/epoch), {sync.strategy.describe()}, theta {sync.theta_rule()}, "
+              f"({spe}/epoch), {sync.describe()}, theta {sync.theta_rule()}, "
               f"state kernel {fda.kernels.backend()}, device {ctx.device}", file=sys.stderr, flush=True)
     bar = tqdm(total=total_steps, initial=sync.step_count, disable=not (progress and ctx.is_root),
                unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=1.0)

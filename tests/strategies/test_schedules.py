@@ -6,7 +6,6 @@ import torch
 
 from fda.config import make_config
 from fda.monitor import NaiveMonitor
-from fda.outer import OuterOptimizer
 from fda.strategies import FDA, FDAOpt, Periodic, make_strategy
 
 
@@ -27,8 +26,7 @@ def test_theta_zero_syncs_at_every_check_even_on_a_zero_bound():
 
 
 def test_fda_opt_first_round_one_epoch_then_theta_from_variance():
-    server = OuterOptimizer("sgd", lr=1.0)
-    s = FDAOpt(NaiveMonitor(), steps_per_epoch=10, max_epochs=4, server=server)
+    s = FDAOpt(NaiveMonitor(), steps_per_epoch=10, max_epochs=4)
     assert [s.wants_check(t) for t in (5, 10, 20)] == [False, True, True]
     assert s.decide(10, 0.0)                       # first round: theta = 0 -> sync after one epoch
     s.after_sync(10, var_exact=3.0)                # round of 1 epoch, Var 3

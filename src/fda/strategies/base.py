@@ -10,7 +10,6 @@ class Strategy:
 
     name = ""
     monitor: Monitor | None = None
-    server = None  # a fda.outer.OuterOptimizer, or None for plain averaging
     wants_sync_variance = False  # after_sync needs the exact variance of the models averaged
 
     def __init__(self) -> None:

@@ -39,18 +39,17 @@ class FDA(Strategy):
 
 class FDAOpt(FDA):
     """FDA-Opt (FDA.md section 4): checked once per local epoch, a sync forced after
-    `max_epochs`, a server optimizer at the sync, and theta set after each round r from
+    `max_epochs` (its outer optimizer, by default FedAvgM's, is fda.outer's), and theta set after each round r from
     the exact variance of the models received:  theta_{r+1} = ((max_epochs/2) / E_r) * Var_r.
     The first round has theta = 0, so it syncs after one epoch.
     """
 
     wants_sync_variance = True
 
-    def __init__(self, monitor: Monitor, *, steps_per_epoch: int, max_epochs: int, server):
+    def __init__(self, monitor: Monitor, *, steps_per_epoch: int, max_epochs: int):
         super().__init__(monitor, theta=0.0, check_every=steps_per_epoch, name="fda_opt")
         self.steps_per_epoch = steps_per_epoch
         self.max_epochs = max_epochs
-        self.server = server
 
     def decide(self, step: int, bound: float) -> bool:
         if not self.wants_check(step):
@@ -67,13 +66,11 @@ class FDAOpt(FDA):
             self._theta = max(0.0, (self.max_epochs / 2.0) / round_epochs * var_exact)
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "theta": self._theta, "server": self.server.state_dict()}
+        return {**super().state_dict(), "theta": self._theta}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self._theta = float(state["theta"])
-        self.server.load_state_dict(state["server"])
 
     def describe(self) -> str:
-        return (f"fda_opt(monitor={self.monitor.name}, max_epochs={self.max_epochs}, "
-                f"server={self.server.describe()}, theta=auto per round)")
+        return f"fda_opt(monitor={self.monitor.name}, max_epochs={self.max_epochs}, theta=auto per round)"

@@ -11,7 +11,6 @@ from fda.monitor import Monitor, make_monitor
 from fda.strategies.base import Strategy
 from fda.strategies.fda import FDA, FDAOpt
 from fda.strategies.periodic import Periodic
-from fda.outer import OuterOptimizer
 
 
 class _Build:
@@ -30,22 +29,18 @@ class _Build:
         return make_monitor(name or cfg.monitor, sketch_depth=cfg.sketch_depth, sketch_width=cfg.sketch_width,
                             seed=cfg.seed)
 
-    def server(self) -> OuterOptimizer:
-        cfg = self.cfg
-        return OuterOptimizer(cfg.server_optimizer, lr=cfg.server_lr, momentum=cfg.server_momentum)
-
     def theta(self) -> float:
         return self.cfg.theta_for(self.num_params)
 
 
 STRATEGIES: dict[str, Callable[[_Build], Strategy]] = {
     "synchronous": lambda b: Periodic("synchronous", period=1),
-    "fedavg": lambda b: Periodic("fedavg", period=b.cfg.tau),
-    "fedopt": lambda b: Periodic("fedopt", period=b.cfg.local_epochs * b.epoch_length(), server=b.server()),
+    "fedavg": lambda b: Periodic("fedavg", period=b.cfg.resolved("tau")),
+    "diloco": lambda b: Periodic("diloco", period=b.cfg.resolved("tau")),
+    "fedopt": lambda b: Periodic("fedopt", period=b.cfg.local_epochs * b.epoch_length()),
     "fda": lambda b: FDA(b.monitor(), theta=b.theta(), check_every=b.cfg.check_every),
     "kamp": lambda b: FDA(b.monitor("per_worker"), theta=b.theta(), check_every=b.cfg.check_every, name="kamp"),
-    "fda_opt": lambda b: FDAOpt(b.monitor(), steps_per_epoch=b.epoch_length(), max_epochs=b.cfg.max_epochs,
-                                server=b.server()),
+    "fda_opt": lambda b: FDAOpt(b.monitor(), steps_per_epoch=b.epoch_length(), max_epochs=b.cfg.max_epochs),
 }
 
 
