@@ -100,12 +100,17 @@ def _assert_consistent_rows(log: dict) -> None:
 
 
 @pytest.mark.slow
-def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("extra", [
+    [],
+    ["strategy=diloco", "tau=20"],  # the outer optimizer's momentum is part of the state
+], ids=["fda", "diloco"])
+def test_kill_and_resume_equals_uninterrupted_run(tmp_path, extra):
     a, b = tmp_path / "a", tmp_path / "b"
-    done = _run(*SETTINGS, "--out", a)
+    settings = [*SETTINGS, *extra]
+    done = _run(*settings, "--out", a)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    proc = _start(*SETTINGS, "--out", b)
+    proc = _start(*settings, "--out", b)
     _wait_for(b / "checkpoints" / "LATEST", proc)
     _kill_group(proc)
     assert proc.returncode != 0, "the run finished before it could be killed: make it longer"
