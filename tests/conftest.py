@@ -1,9 +1,13 @@
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,3 +58,95 @@ def run_fda(*args, n=2, timeout=240, cwd=None, env=None):
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     cmd = [str(MPIEXEC), "-n", str(n), sys.executable, "-m", "fda", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO, env=full_env)
+
+
+# Timings differ between any two runs; every other logged value of a resumed run must be bit-identical.
+TIMING = {"time_compute", "time_monitor", "time_comm", "wall_time"}
+
+
+def fda_command(*args, n=2):
+    return [str(MPIEXEC), "-n", str(n), sys.executable, "-m", "fda", *map(str, args)]
+
+
+def start_fda(*args, n=2, env=None):
+    """Start `mpiexec -n N python -m fda ...` in the background (stdout/stderr piped, bytes)."""
+    return subprocess.Popen(fda_command(*args, n=n), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=True)
+
+
+def process_tree(root: int) -> list[int]:
+    """root and all its descendants (Hydra's proxies and the ranks each call setsid, so neither the
+    process group nor the session of mpiexec holds them)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def rank_pids(proc) -> list[int]:
+    """The pids of a started job's ranks (the python processes under mpiexec's proxies)."""
+    pids = []
+    for pid in process_tree(proc.pid)[1:]:
+        try:
+            if Path(f"/proc/{pid}/exe").resolve() == Path(sys.executable).resolve():
+                pids.append(pid)
+        except OSError:
+            continue
+    return pids
+
+
+def kill_job(proc) -> None:
+    """SIGKILL the whole job at once, like a node that loses power."""
+    tree = process_tree(proc.pid)
+    for pid in reversed(tree):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.communicate(timeout=60)
+    for pid in tree[1:]:  # make sure no rank outlives the kill (it would keep writing the log)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            status = Path(f"/proc/{pid}/stat").read_text() if Path(f"/proc/{pid}/stat").exists() else ""
+            if ") Z " in status:
+                break
+            time.sleep(0.05)
+
+
+def wait_for_file(path: Path, proc, timeout=240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the run ended (rc={proc.returncode}) before {path} appeared:\n{err[-3000:]}")
+        if time.monotonic() > deadline:
+            kill_job(proc)
+            pytest.fail(f"{path} did not appear within {timeout} s")
+        time.sleep(0.01)
+
+
+def read_log(run: Path) -> dict:
+    """The log's attributes and tables, read with a plain h5py.File (no SWMR, no fda helper)."""
+    import h5py
+
+    with h5py.File(run / "metrics.h5", "r") as f:
+        tables = {g: {k: f[g][k][()] for k in f[g]} for g in ("steps", "evals")}
+        return {"attrs": dict(f.attrs), **tables}
+
+
+def assert_consistent_rows(log: dict) -> None:
+    for group in ("steps", "evals"):
+        lengths = {k: len(v) for k, v in log[group].items()}
+        assert len(set(lengths.values())) == 1, f"{group}: datasets of different lengths {lengths}"
+    steps = log["steps"]["step"]
+    assert np.array_equal(steps, np.arange(1, len(steps) + 1)), f"step rows not 1..n: {steps}"
+    assert np.all(np.diff(log["evals"]["step"]) > 0), "duplicated or unordered eval rows"

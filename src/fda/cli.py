@@ -1,7 +1,8 @@
 """The `fda` command: train, report, data, preflight.
 
 Exit codes: 0 success; 1 a run failed (the log says status=failed); 2 bad input
-(a setting, a file, a directory), reported once, the same on every rank, before training.
+(a setting, a file, a directory), reported once, the same on every rank, before training;
+75 (RESUMABLE_EXIT) stopped by SIGTERM or SIGUSR1 after a checkpoint: `--resume` continues it.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import traceback
 
 from fda.config import FIELD_NAMES, ConfigError, make_config
+from fda.preemption import RESUMABLE_EXIT
 
 
 def _rank() -> int:
@@ -116,6 +118,12 @@ def cmd_train(args) -> int:
         traceback.print_exc()
         ctx.world.fail(f"{type(e).__name__}: {e}")
         return 1
+    if summary.get("interrupted"):
+        if ctx.is_root:
+            print(f"fda: interrupted by a signal: stopped after step {summary['steps']} with a checkpoint; "
+                  f"continue with: fda train --resume {out}  (exit code {RESUMABLE_EXIT})", file=sys.stderr, flush=True)
+        ctx.world.stop_watching()
+        return RESUMABLE_EXIT
     if ctx.is_root:
         if summary.get("already_complete"):
             print(f"fda: the run in {out} is already complete ({summary['steps']} steps); nothing to do",

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fda import kernels
+from fda import kernels, preemption
 from fda.collectives import ExactMean, mean_of_tensors_
 from fda.config import Config, ConfigError, make_config
 from fda.context import Context
@@ -26,7 +26,7 @@ from fda.outer import make_outer
 from fda.strategies import make_strategy
 
 FLOAT_BYTES = 4  # the paper's accounting counts float32 values
-_HEAD = 3  # the per-step Allreduce starts with [loss sum, non-finite flag, worker count]
+_HEAD = 4  # the per-step Allreduce starts with [loss sum, non-finite flag, worker count, stop flag]
 DEFAULT_EVAL_EVERY = 100  # should_evaluate() when neither eval_every, steps_per_epoch nor fda.shard tells
 
 
@@ -99,6 +99,7 @@ class Synchronizer:
         self.comm_bytes = 0          # the paper's accounting (FDA.md section 5)
         self.last_bound = math.nan
         self.last_synced = False
+        self.stop_requested = False  # some rank got SIGTERM/SIGUSR1 (fda.preemption): stop after this step
         self.totals = defaultdict(float)  # seconds: compute, monitor, comm
         self._eval_flat: FlatModel | None = None
         self.last_eval = (math.nan, math.nan)
@@ -194,6 +195,9 @@ class Synchronizer:
 
         loss: this step's training loss: a float or a tensor (e.g. `loss.detach()`: reading it
         does not synchronise the GPU), or one per hosted worker.
+        Afterwards `stop_requested` is True on every rank when any rank got SIGTERM or SIGUSR1
+        (after `fda.preemption.install()`): save a checkpoint, `close("interrupted")` and exit
+        with `fda.preemption.RESUMABLE_EXIT`.
         """
         t_enter = time.perf_counter()
         compute_s = t_enter - self._t_last
@@ -221,6 +225,7 @@ class Synchronizer:
             raise CollectiveError(f"non-finite loss, drift or state at step {step} "
                                   "(diverged: try a smaller lr or check the data)")
         mean_loss = reduced[0] / reduced[2] if reduced[2] > 0 else math.nan
+        self.stop_requested = bool(reduced[3] > 0)
         if check:
             self.comm_bytes += self.K * FLOAT_BYTES * self.monitor.state_size
         bound = self.monitor.bound(mean_state) if check else math.nan
@@ -250,7 +255,7 @@ class Synchronizer:
 
     def _pack_step(self, loss, check: bool) -> torch.Tensor:
         """This rank's part of the step's ONE small Allreduce, built on the model's device without a
-        host sync: [loss sum, non-finite flag, worker count, local state (when checked)] in float64."""
+        host sync: [loss sum, non-finite flag, worker count, stop flag, local state (when checked)] in float64."""
         n_state = self.monitor.state_size if check else 0
         packed = self._packed_buffers.get(n_state)
         if packed is None:
@@ -266,6 +271,7 @@ class Synchronizer:
         packed[0] = loss_sum
         packed[1] = (~finite).to(torch.float64)
         packed[2] = losses.numel()
+        packed[3] = float(preemption.requested())
         return packed
 
     def _local_state(self, out: torch.Tensor) -> None:
@@ -382,12 +388,16 @@ class Synchronizer:
         }
 
     def close(self, status: str = "completed", error: str = "") -> dict:
-        """Flush and close the log (status completed/failed); returns the run summary."""
+        """Flush and close the log (status completed, failed, or interrupted: then the log also
+        records `stopped_at_step`); returns the run summary."""
         summary = self.summary()
         if self.log is not None:
             extra = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
             extra["final_test_acc"] = getattr(self, "last_eval", (math.nan,))[0]
-            self.log.close(status, error, extra_attrs={f"summary_{k}": v for k, v in extra.items()})
+            attrs = {f"summary_{k}": v for k, v in extra.items()}
+            if status == "interrupted":
+                attrs["stopped_at_step"] = self.step_count
+            self.log.close(status, error, extra_attrs=attrs)
         self.world.set_failure_callback(None)
         return summary
 

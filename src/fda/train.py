@@ -7,6 +7,7 @@
                            H(mean state) > theta  ->  ONE Allreduce of the flat models
         every eval_every steps: test accuracy of the averaged model
         every checkpoint_every steps: an atomic checkpoint
+        a rank got SIGTERM/SIGUSR1 (the flag rides in the step's Allreduce): checkpoint, stop
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 import fda
 import fda.kernels
-from fda import checkpoint
+from fda import checkpoint, preemption
 from fda.config import Config, ConfigError
 from fda.context import Context, steps_per_epoch
 from fda.data import DatasetError, ShardLoader, load_dataset, partition
@@ -86,9 +87,18 @@ def collective_checks(ctx: Context):
 
 def run(cfg: Config, out: str | Path, *, resume: bool = False, overwrite: bool = False,
         ctx: Context | None = None, progress: bool = True) -> dict:
+    """Train (or continue, resume=True) the run in `out`; returns its summary, with "interrupted"
+    when a signal stopped it (then its last step is checkpointed: resume it)."""
     ctx = ctx or fda.init(seed=cfg.seed, device=cfg.device, threads=cfg.threads,
                           workers_per_rank=cfg.workers_per_rank, gpu_aware_mpi=cfg.gpu_aware_mpi)
-    out = Path(out)
+    preemption.install(f"rank {ctx.rank}")
+    try:
+        return _run(cfg, Path(out), ctx, resume=resume, overwrite=overwrite, progress=progress)
+    finally:
+        preemption.uninstall()
+
+
+def _run(cfg: Config, out: Path, ctx: Context, *, resume: bool, overwrite: bool, progress: bool) -> dict:
     checkpoint.prepare_out_dir(out, ctx, resume=resume, overwrite=overwrite)
     ckpt = checkpoint.find_latest(out, ctx) if resume else None
     if resume and ckpt is None:
@@ -137,11 +147,19 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, overwrite: bool =
                 if not bar.disable:
                     bar.write(f"step {step:6d}  epoch {sync.epoch:5.2f}  test_acc {acc:.4f}  "
                               f"syncs {sync.syncs}  {sync.comm_bytes / 1e9:.4f} GB")
-            if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == total_steps):
+            saved = bool(cfg.checkpoint_every) and (step % cfg.checkpoint_every == 0 or step == total_steps)
+            if saved:
                 checkpoint.save(out, ctx, sync, models, optimizers, loaders)
             bar.set_postfix(loss=f"{sync.mean_loss:.3f}", syncs=sync.syncs,
                             GB=f"{sync.comm_bytes / 1e9:.3f}", refresh=False)
             bar.update(1)
+            if sync.stop_requested and step < total_steps:
+                if not saved:
+                    checkpoint.save(out, ctx, sync, models, optimizers, loaders)
+                bar.close()
+                summary = sync.close("interrupted", f"a rank got SIGTERM or SIGUSR1; stopped after step {step} "
+                                                    "with a checkpoint: continue with fda train --resume DIR")
+                return {**summary, "interrupted": True, "out": str(out)}
     except CollectiveError as e:
         bar.close()
         sync.close("failed", str(e))
