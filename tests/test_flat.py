@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fda.flat import FlatModel, local_sum
+from fda.flat import FlatModel, local_sum, pairwise_sum_
 
 
 class WithBuffers(torch.nn.Module):
@@ -44,3 +44,22 @@ def test_local_sum_adds_the_hosted_workers():
     total = local_sum([a, b])
     torch.testing.assert_close(total, a.flat + b.flat)
     assert total.data_ptr() != a.flat.data_ptr()
+
+
+def test_pairwise_sum_adds_in_a_balanced_tree():
+    """((a + b) + (c + d)), the order MPI adds 4 ranks in: not the sequential ((a + b) + c) + d."""
+    big = torch.tensor([1e8], dtype=torch.float32)
+    one = torch.tensor([1.0], dtype=torch.float32)
+    values = [big, one, -big, one]
+    assert float(((big + one) + -big) + one) == 1.0  # sequential
+    assert float(pairwise_sum_([t.clone() for t in values])) == 0.0  # (1e8 + 1) + (-1e8 + 1) in float32
+    five = [torch.tensor([float(i)]) for i in range(5)]
+    assert float(pairwise_sum_(five)) == 10.0 and five[0].item() == 10.0  # in place into the first
+
+
+def test_local_sum_follows_the_same_tree_and_leaves_the_workers_alone():
+    workers = [FlatModel(torch.nn.Linear(2, 2)) for _ in range(4)]
+    before = [w.flat.clone() for w in workers]
+    total = local_sum(workers)
+    assert torch.equal(total, pairwise_sum_([b.clone() for b in before]))
+    assert all(torch.equal(w.flat, b) for w, b in zip(workers, before))

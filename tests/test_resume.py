@@ -59,16 +59,16 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path, extra):
         assert la["attrs"][key] == lb["attrs"][key], key
 
     # the final checkpoints (written at the end of both runs) hold bit-identical models and optimizers
-    for rank in (0, 1):
-        ca = torch.load(a / "checkpoints" / "step_300" / f"rank_{rank}.pt", weights_only=False)
-        cb = torch.load(b / "checkpoints" / "step_300" / f"rank_{rank}.pt", weights_only=False)
-        for sa, sb in zip(ca["models"], cb["models"]):
-            assert all(torch.equal(sa[k], sb[k]) for k in sa)
-        for oa, ob in zip(ca["optimizers"], cb["optimizers"]):
-            for pid, st in oa["state"].items():
-                assert all(torch.equal(v, ob["state"][pid][k]) for k, v in st.items() if torch.is_tensor(v))
-        assert ca["sync"]["mpi_bytes"] == cb["sync"]["mpi_bytes"]
-        assert ca["loaders"] == cb["loaders"]
+    final_a, final_b = a / "checkpoints" / "step_300", b / "checkpoints" / "step_300"
+    for worker in (0, 1):
+        ca = torch.load(final_a / f"worker_{worker}.pt", weights_only=False)
+        cb = torch.load(final_b / f"worker_{worker}.pt", weights_only=False)
+        assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
+        for pid, st in ca["optimizer"]["state"].items():
+            assert all(torch.equal(v, cb["optimizer"]["state"][pid][k]) for k, v in st.items() if torch.is_tensor(v))
+        assert ca["loader"] == cb["loader"]
+    sa, sb = (torch.load(d / "sync.pt", weights_only=False) for d in (final_a, final_b))
+    assert sa["mpi_bytes"] == sb["mpi_bytes"] and torch.equal(sa["w0"], sb["w0"])
 
     # a requeued job whose run had finished: nothing to do, exit 0, the log untouched
     again = _run("--resume", b)

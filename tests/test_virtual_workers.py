@@ -1,12 +1,12 @@
-"""K = ranks x workers_per_rank: the same K on 4x1, 2x2 and 1x4 gives the same run."""
+"""K = ranks x workers_per_rank: the same K on 4x1, 2x2 and 1x4 gives the same run, bit for bit (CPU)."""
 import numpy as np
 import pytest
 
-from conftest import run_fda
+from conftest import TIMING, run_fda
 from fda.h5log import open_log
 
 SETTINGS = ["dataset=synthetic", "model=mlp", "max_steps=40", "eval_every=20", "threads=1",
-            "strategy=fda", "monitor=sketch", "theta=0.05", "--no-progress"]
+            "strategy=fda", "monitor=sketch", "theta=0.05", "audit=true", "--no-progress"]
 
 
 def steps_of(out):
@@ -26,12 +26,12 @@ def test_same_metrics_for_any_split_of_k_workers(tmp_path):
     ref_steps, ref_evals = logs[(4, 1)]
     assert 0 < ref_steps["synced"].sum() < 40
     for key, (steps, evals) in logs.items():
-        # same decisions and accounting exactly; floats up to summation order
-        np.testing.assert_array_equal(steps["synced"], ref_steps["synced"], err_msg=str(key))
-        np.testing.assert_array_equal(steps["comm_bytes"], ref_steps["comm_bytes"], err_msg=str(key))
-        np.testing.assert_allclose(steps["loss"], ref_steps["loss"], rtol=1e-4, err_msg=str(key))
-        np.testing.assert_allclose(steps["var_bound"], ref_steps["var_bound"], rtol=1e-3, atol=1e-6)
-        np.testing.assert_allclose(evals["test_acc"], ref_evals["test_acc"], atol=2e-3, err_msg=str(key))
+        # the same bits: sums over workers follow MPI's pairwise order over ranks (fda.flat.pairwise_sum_),
+        # evaluation chunks do not depend on the ranks; only the MPI byte counts (P buffers) and timings differ
+        for name in set(steps) - TIMING - {"comm_bytes_mpi"}:
+            np.testing.assert_array_equal(steps[name], ref_steps[name], err_msg=f"{key} steps/{name}")
+        for name in set(evals) - TIMING - {"comm_bytes_mpi", "comm_bytes_eval"}:
+            np.testing.assert_array_equal(evals[name], ref_evals[name], err_msg=f"{key} evals/{name}")
 
 
 def test_workers_per_rank_needs_enough_samples(tmp_path):

@@ -1,11 +1,22 @@
-"""Atomic, consistent checkpoints of a whole run, for resuming after a crash or a requeue.
+"""Atomic, consistent checkpoints of a whole run, for resuming after a crash, a requeue or a
+preemption, also on another layout (ranks x workers_per_rank) with the same K.
 
-Layout:  DIR/checkpoints/step_<N>/rank_<r>.pt   (each rank: its workers' models,
-optimizers, data positions, RNG states, and the synchronizer's state)
-         DIR/checkpoints/LATEST                 (the step of the newest complete set)
+Layout:  DIR/checkpoints/step_<N>/worker_<k>.pt    (worker k's model, optimizer and data
+                                                    position; written by the rank hosting it)
+         DIR/checkpoints/step_<N>/sync.pt          (the synchronizer's state: the same on every
+                                                    rank; written by rank 0)
+         DIR/checkpoints/step_<N>/rng_rank_<r>.pt  (rank r's RNG states)
+         DIR/checkpoints/step_<N>/meta.json        (step, K, the layout that wrote it)
+         DIR/checkpoints/LATEST                    (the step of the newest complete set)
 
+Stored per worker, not per rank, so the K workers can continue on any ranks x workers_per_rank
+= K (8x1 -> 4x2 -> 2x4); the RNG states are per rank and are restored only on the same layout
+(they matter for dropout-like layers; the data order is per worker and always restored).
 Every file is written to a temporary name and renamed; LATEST is rewritten by rank 0
 only after a barrier, so it never points at a partial set. The two newest sets are kept.
+Files are loaded to the CPU (map_location="cpu") and their tensors copied to the device by
+the modules' and optimizers' load_state_dict: so Adam's `step` counters stay on the CPU as
+torch keeps them (on the GPU they would cost a device sync per parameter per step).
 """
 from __future__ import annotations
 
@@ -22,12 +33,18 @@ import torch
 from fda.config import Config, ConfigError, config_from_json
 
 KEEP = 2
+FORMAT = 2  # 1: one file per rank (before resumes on another layout)
 
 
 @dataclass
 class Checkpoint:
+    """This rank's part of a checkpoint: its hosted workers' states, the synchronizer's, and its
+    RNG states when the layout is the one that wrote them (else None)."""
     step: int
-    state: dict
+    meta: dict
+    workers: list[dict]
+    sync: dict
+    rng: dict | None
 
 
 def _dir(out: Path) -> Path:
@@ -37,29 +54,37 @@ def _dir(out: Path) -> Path:
 def _atomic_write(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        torch.save(obj, f)
+        if isinstance(obj, (bytes, str)):
+            f.write(obj.encode() if isinstance(obj, str) else obj)
+        else:
+            torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
+def _layout(ctx) -> str:
+    return f"{ctx.world_size} ranks x {ctx.workers_per_rank} per rank"
+
+
 def save(out: Path, ctx, sync, models, optimizers, loaders) -> None:
+    """Write every worker's and rank's part of step `sync.step_count`, then LATEST (collective)."""
     step = sync.step_count
     where = _dir(out) / f"step_{step}"
     if ctx.is_root:
         where.mkdir(parents=True, exist_ok=True)
     ctx.world.barrier()
-    state = {
-        "step": step, "rank": ctx.rank, "world_size": ctx.world_size,
-        "workers_per_rank": ctx.workers_per_rank,
-        "sync": sync.state_dict(),
-        "models": [m.state_dict() for m in models],
-        "optimizers": [o.state_dict() for o in optimizers],
-        "loaders": [ld.state_dict() for ld in loaders],
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-    }
-    _atomic_write(state, where / f"rank_{ctx.rank}.pt")
+    for k, model, opt, loader in zip(ctx.worker_ids(), models, optimizers, loaders):
+        _atomic_write({"worker": k, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                       "loader": loader.state_dict()}, where / f"worker_{k}.pt")
+    _atomic_write({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                   "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                  where / f"rng_rank_{ctx.rank}.pt")
+    if ctx.is_root:
+        _atomic_write(sync.state_dict(), where / "sync.pt")
+        _atomic_write(json.dumps({"format": FORMAT, "step": step, "workers": ctx.workers,
+                                  "world_size": ctx.world_size, "workers_per_rank": ctx.workers_per_rank}),
+                      where / "meta.json")
     if sync.log is not None:
         sync.log.flush(durable=True)
     ctx.world.barrier()
@@ -73,52 +98,76 @@ def save(out: Path, ctx, sync, models, optimizers, loaders) -> None:
             shutil.rmtree(_dir(out) / f"step_{old}", ignore_errors=True)
 
 
+def saved_layout(out: Path) -> dict | None:
+    """The newest complete checkpoint's meta.json (step, workers = K, world_size, workers_per_rank),
+    or None when there is none. Raises ConfigError for an unreadable one. Any process can call it."""
+    latest = _dir(out) / "LATEST"
+    if not latest.is_file():
+        return None
+    try:
+        step = int(latest.read_text().strip())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read {latest}: {e}") from None
+    meta_path = _dir(out) / f"step_{step}" / "meta.json"
+    if not meta_path.is_file():
+        if (_dir(out) / f"step_{step}" / "rank_0.pt").is_file():
+            raise ConfigError(f"the checkpoint in {meta_path.parent} is in the per-rank format of an older fda; "
+                              "resume it with that version")
+        raise ConfigError(f"the checkpoint of step {step} is incomplete (no {meta_path})")
+    try:
+        return json.loads(meta_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read {meta_path}: {e}") from None
+
+
 def find_latest(out: Path, ctx) -> Checkpoint | None:
-    """This rank's part of the newest complete checkpoint set, or None."""
-    problem, step = None, None
+    """This rank's part of the newest complete checkpoint set, or None (collective). The set must
+    hold K = ctx.workers workers; any layout of them will do."""
+    meta, problem = None, None
     if ctx.is_root:
-        latest = _dir(out) / "LATEST"
         try:
-            if latest.is_file():
-                step = int(latest.read_text().strip())
-        except (OSError, ValueError) as e:
-            problem = f"cannot read {latest}: {e}"
-    step, problem = ctx.world.bcast_object((step, problem))
+            meta = saved_layout(out)
+        except ConfigError as e:
+            problem = str(e)
+    meta, problem = ctx.world.bcast_object((meta, problem))
     if problem:
         raise ConfigError(problem)
-    if step is None:
+    if meta is None:
         return None
-    path = _dir(out) / f"step_{step}" / f"rank_{ctx.rank}.pt"
-    state = None
+    if meta["workers"] != ctx.workers:
+        raise ConfigError(
+            f"the checkpoint of step {meta['step']} holds K={meta['workers']} workers ({meta['world_size']} ranks x "
+            f"{meta['workers_per_rank']} per rank), this job has K={ctx.workers} ({_layout(ctx)}): resume with "
+            f"ranks x workers_per_rank = {meta['workers']}")
+    where = _dir(out) / f"step_{meta['step']}"
+    same_layout = meta["world_size"] == ctx.world_size
+    ckpt = None
     try:
-        state = torch.load(path, map_location=ctx.device, weights_only=False)
-        if state["world_size"] != ctx.world_size or state["workers_per_rank"] != ctx.workers_per_rank:
-            problem = (f"the checkpoint was written by {state['world_size']} ranks x "
-                       f"{state['workers_per_rank']} workers; resume with the same layout")
-    except (OSError, RuntimeError, EOFError, KeyError) as e:
-        problem = f"cannot read checkpoint {path}: {e}"
+        load = lambda name: torch.load(where / name, map_location="cpu", weights_only=False)  # noqa: E731
+        workers = [load(f"worker_{k}.pt") for k in ctx.worker_ids()]
+        ckpt = Checkpoint(step=int(meta["step"]), meta=meta, workers=workers, sync=load("sync.pt"),
+                          rng=load(f"rng_rank_{ctx.rank}.pt") if same_layout else None)
+    except (OSError, RuntimeError, EOFError, KeyError, ValueError) as e:
+        problem = f"cannot read the checkpoint in {where}: {e}"
     problems = [p for p in ctx.world.allgather_object(problem) if p]
     if problems:
         raise ConfigError(problems[0])
-    return Checkpoint(step=step, state=state)
+    return ckpt
 
 
 def restore(ckpt: Checkpoint, sync, models, optimizers, loaders) -> None:
-    s = ckpt.state
-    sync.load_state_dict(s["sync"])
-    for m, st in zip(models, s["models"]):
-        m.load_state_dict(st)
-    for o, st in zip(optimizers, s["optimizers"]):
-        o.load_state_dict(st)
-    for ld, st in zip(loaders, s["loaders"]):
-        ld.load_state_dict(st)
-    rng = s["rng"]
-    # the file was loaded with map_location=device; RNG states must be CPU byte tensors
-    torch.set_rng_state(rng["torch"].cpu())
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([t.cpu() for t in rng["cuda"]])
+    """Load a checkpoint into the run's objects; tensors move to their device here (see the module doc)."""
+    sync.load_state_dict(ckpt.sync)
+    for model, opt, loader, state in zip(models, optimizers, loaders, ckpt.workers):
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        loader.load_state_dict(state["loader"])
+    if ckpt.rng is not None:
+        torch.set_rng_state(ckpt.rng["torch"])
+        np.random.set_state(ckpt.rng["numpy"])
+        random.setstate(ckpt.rng["python"])
+        if ckpt.rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt.rng["cuda"])
 
 
 def write_config(out: Path, cfg: Config) -> None:

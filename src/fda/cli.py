@@ -63,23 +63,47 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _resume_config(args):
+    """The stored settings of the run in args.resume. Repeating them is fine; changing one is an
+    error, except the layout (LAYOUT_KEYS). Without workers_per_rank given, it follows from the
+    newest checkpoint's K and this job's ranks (e.g. 8 ranks x 1 resumed on 4 ranks: 2 per rank)."""
+    from mpi4py import MPI
+
+    from fda import checkpoint
+    from fda.config import LAYOUT_KEYS, load_file, parse_overrides
+
+    stored = checkpoint.read_config(args.resume)
+    cfg = stored
+    if args.config or args.settings:
+        cfg = make_config(stored.model_dump(), file=args.config, overrides=args.settings)
+        changed = ", ".join(f"{k}: {v!r} -> {getattr(cfg, k)!r}" for k, v in stored.model_dump().items()
+                            if getattr(cfg, k) != v and k not in LAYOUT_KEYS)
+        if changed:
+            raise ConfigError(f"the run in {args.resume} has a different configuration ({changed}); "
+                              "resume it without changing settings (only the layout may change: "
+                              + ", ".join(LAYOUT_KEYS) + ")")
+    given = {**(load_file(args.config) if args.config else {}), **parse_overrides(args.settings)}
+    meta = checkpoint.saved_layout(args.resume)
+    ranks = MPI.COMM_WORLD.Get_size()
+    if "workers_per_rank" not in given and meta and meta["workers"] % ranks == 0:
+        per_rank = meta["workers"] // ranks
+        if per_rank != cfg.workers_per_rank and _rank() == 0:
+            print(f"fda: resuming K={meta['workers']} workers on {ranks} ranks: workers_per_rank={per_rank} "
+                  f"(the checkpoint was written by {meta['world_size']} x {meta['workers_per_rank']})",
+                  file=sys.stderr, flush=True)
+        cfg = cfg.model_copy(update={"workers_per_rank": per_rank})
+    return cfg
+
+
 def cmd_train(args) -> int:
-    from fda import checkpoint, train
+    from fda import train
     from fda.synchronizer import CollectiveError
 
     try:
         if args.resume:
             if args.out and args.out != args.resume:
                 raise ConfigError("give the run directory once: --resume DIR (without --out)")
-            stored = checkpoint.read_config(args.resume)
-            cfg = stored
-            if args.config or args.settings:
-                cfg = make_config(stored.model_dump(), file=args.config, overrides=args.settings)
-                if cfg != stored:
-                    changed = ", ".join(f"{k}: {v!r} -> {getattr(cfg, k)!r}"
-                                        for k, v in stored.model_dump().items() if getattr(cfg, k) != v)
-                    raise ConfigError(f"the run in {args.resume} has a different configuration ({changed}); "
-                                      "resume it without changing settings")
+            cfg = _resume_config(args)
             out = args.resume
         else:
             cfg = make_config(file=args.config, overrides=args.settings)

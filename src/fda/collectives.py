@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from fda.flat import FlatModel
+from fda.flat import FlatModel, pairwise_sum_
 
 
 class ExactMean:
@@ -20,11 +20,9 @@ class ExactMean:
         self.world, self.K = world, K
 
     def average_(self, workers: list[FlatModel]) -> torch.Tensor:
-        """Writes the mean into worker 0's flat buffer and returns it (the other hosted workers
-        are refreshed by the caller, after the outer step)."""
-        buf = workers[0].flat
-        for w in workers[1:]:
-            buf.add_(w.flat)
+        """Writes the mean into worker 0's flat buffer and returns it (the other hosted workers'
+        buffers are scratch here: the caller refreshes them after the outer step)."""
+        buf = pairwise_sum_([w.flat for w in workers])
         self.world.allreduce_(buf, "sum", kind="sync")
         buf.div_(self.K)
         mean_of_tensors_(self.world, [w.other_buffers for w in workers], self.K)
@@ -41,9 +39,7 @@ def mean_of_tensors_(world, per_worker: list[list[torch.Tensor]], K: int, *, pac
         return
     groups = [list(range(len(per_worker[0])))] if packed else [[i] for i in range(len(per_worker[0]))]
     for group in groups:
-        total = torch.cat([per_worker[0][i].detach().reshape(-1) for i in group])
-        for tensors in per_worker[1:]:
-            total.add_(torch.cat([tensors[i].detach().reshape(-1) for i in group]))
+        total = pairwise_sum_([torch.cat([tensors[i].detach().reshape(-1) for i in group]) for tensors in per_worker])
         world.allreduce_(total, "sum", kind="sync").div_(K)
         for tensors in per_worker:
             offset = 0

@@ -50,9 +50,23 @@ class FlatModel:
         self.layout = [(n, tuple(p.shape)) for n, p in params]
 
 
+def pairwise_sum_(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The sum over the list in a fixed balanced tree, ((t0 + t1) + (t2 + t3)) + ..., accumulated in
+    place into tensors[0] (the other entries may be overwritten).
+
+    Why this order: MPI's Allreduce adds the ranks' buffers in this tree (MPICH: recursive doubling
+    and halving, for a power-of-two number of ranks), so a rank that hosts W workers adds them as W
+    ranks would, and K workers give the same bits on 4x1, 2x2 or 1x4 ranks x workers_per_rank: a
+    run can resume on another layout and stay bit-identical (tests/test_virtual_workers.py)."""
+    level = list(tensors)
+    while len(level) > 1:
+        level = [level[i].add_(level[i + 1]) if i + 1 < len(level) else level[i] for i in range(0, len(level), 2)]
+    return level[0]
+
+
 def local_sum(workers: list[FlatModel]) -> torch.Tensor:
-    """The sum of this rank's hosted workers' flat buffers (a new tensor)."""
-    total = workers[0].flat.clone()
-    for w in workers[1:]:
-        total.add_(w.flat)
-    return total
+    """The sum of this rank's hosted workers' flat buffers (a new tensor; see pairwise_sum_)."""
+    flats = [w.flat for w in workers]
+    pairs = [torch.add(flats[i], flats[i + 1]) if i + 1 < len(flats) else flats[i].clone()
+             for i in range(0, len(flats), 2)]
+    return pairwise_sum_(pairs)

@@ -18,9 +18,9 @@ import torch
 
 from fda import kernels, preemption
 from fda.collectives import ExactMean, mean_of_tensors_
-from fda.config import Config, ConfigError, make_config
+from fda.config import Config, ConfigError, make_config, run_json
 from fda.context import Context
-from fda.flat import FlatModel, local_sum
+from fda.flat import FlatModel, local_sum, pairwise_sum_
 from fda.h5log import LOG_NAME, H5Log
 from fda.outer import make_outer
 from fda.strategies import make_strategy
@@ -262,7 +262,7 @@ class Synchronizer:
             packed = self._packed_buffers[n_state] = torch.zeros(_HEAD + n_state, dtype=torch.float64,
                                                                  device=self.workers[0].device)
         losses = _loss_vector(loss, packed.device)
-        loss_sum = losses.sum()
+        loss_sum = pairwise_sum_(list(losses)) if losses.numel() else losses.sum()
         finite = torch.isfinite(loss_sum)
         if check:
             state = packed[_HEAD:]
@@ -277,22 +277,24 @@ class Synchronizer:
     def _local_state(self, out: torch.Tensor) -> None:
         """This rank's state into `out`: its hosted workers' states, summed (or MAX for per-worker monitors)."""
         mon = self.monitor
-        for i, w in enumerate(self.workers):
+        states = []
+        for w in self.workers:
             drift = kernels.drift_state_out(w.params, self.w0, self._kernel_out, xi=self.xi if mon.uses_xi else None,
                                             sketch_depth=mon.sketch_depth, sketch_width=mon.sketch_width,
                                             seed=self.cfg.seed)
             state = mon.local_state(drift)
-            if i == 0:
-                out.copy_(state)
-            elif mon.reduce_op == "sum":
-                out.add_(state)
-            else:
+            states.append(state.clone() if len(self.workers) > 1 else state)  # the kernel reuses its output
+        if mon.reduce_op == "sum":
+            out.copy_(pairwise_sum_(states))  # the order W ranks would add them in (layout-independent bits)
+        else:
+            out.copy_(states[0])
+            for state in states[1:]:
                 torch.maximum(out, state, out=out)
 
     def _exact_variance(self) -> float:
         """Audit: Var = (1/K) sum_k ||w_k - mean||^2, with a full Allreduce not counted as training traffic."""
         mean = self.world.allreduce_(local_sum(self.workers), "sum", kind="audit").div_(self.K)[:self.d]
-        local = sum(float(torch.sum((w.params - mean).double() ** 2)) for w in self.workers)
+        local = float(pairwise_sum_([torch.sum((w.params - mean).double() ** 2) for w in self.workers]))
         return float(self.world.allreduce_values([local], "sum", kind="audit")[0]) / self.K
 
     def _synchronize(self, mean_sqnorm: float) -> None:
@@ -422,7 +424,7 @@ class Synchronizer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if state["config"] != self.cfg.to_json():
+        if run_json(state["config"]) != self.cfg.run_json():  # the layout (workers_per_rank, ...) may differ
             raise ConfigError("the checkpoint was written by a run with a different configuration")
         self.step_count = int(state["step"])
         self.syncs = int(state["syncs"])

@@ -16,6 +16,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -53,23 +54,30 @@ def local_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loader: Shard
     return loss.detach()
 
 
+EVAL_CHUNK = 250  # test samples per forward pass; fixed, so the result does not depend on the ranks
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: Context,
-             batch: int = 1000) -> tuple[float, float]:
-    """Test accuracy and loss; each rank scores a slice of the test set, counts are Allreduced."""
+             chunk: int = EVAL_CHUNK) -> tuple[float, float]:
+    """Test accuracy and loss, the same bits on every rank and for any number of ranks.
+
+    The test set is cut into fixed chunks; rank r scores chunks r, r+P, ...; each chunk's counts
+    go to its own slots of ONE Allreduce (the other ranks add zeros: exact), then the slots are
+    added in chunk order."""
     was_training = model.training
     model.eval()
-    mine = torch.arange(ctx.rank, x.shape[0], ctx.world_size)
-    correct, loss_sum = 0.0, 0.0
-    for i in range(0, mine.numel(), batch):
-        sel = mine[i:i + batch]
-        xb, yb = x[sel].to(ctx.device), y[sel].to(ctx.device)
+    n = x.shape[0]
+    starts = range(0, n, chunk)
+    per_chunk = np.zeros((2, len(starts)))
+    for c in range(ctx.rank, len(starts), ctx.world_size):
+        xb, yb = x[starts[c]:starts[c] + chunk].to(ctx.device), y[starts[c]:starts[c] + chunk].to(ctx.device)
         out = model(xb)
-        loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
-        correct += float((out.argmax(1) == yb).sum())
+        per_chunk[0, c] = float((out.argmax(1) == yb).sum())
+        per_chunk[1, c] = float(F.cross_entropy(out, yb, reduction="sum"))
     model.train(was_training)
-    c, l_ = ctx.world.allreduce_values([correct, loss_sum], "sum", kind="eval")
-    return c / x.shape[0], l_ / x.shape[0]
+    totals = ctx.world.allreduce_values(per_chunk.ravel(), "sum", kind="eval").reshape(2, -1)
+    return float(totals[0].sum()) / n, float(totals[1].sum()) / n
 
 
 @contextmanager
@@ -126,7 +134,7 @@ def _run(cfg: Config, out: Path, ctx: Context, *, resume: bool, overwrite: bool,
                         resume_step=ckpt.step if ckpt else None, overwrite=overwrite)
     if ckpt is not None:
         checkpoint.restore(ckpt, sync, models, optimizers, loaders)
-    if ctx.is_root and ckpt is None:
+    if ctx.is_root:  # on a resume: its layout (workers_per_rank, ...) may be new
         checkpoint.write_config(out, cfg)
 
     if ctx.is_root and progress:
