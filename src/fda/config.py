@@ -89,9 +89,14 @@ class Config(BaseModel):
     threads: int | None = Field(None, ge=1)
     gpu_aware_mpi: Literal["auto", "true", "false"] = "auto"
 
-    # testing aids: raise an error on `fail_rank` at step `fail_at_step`
+    # a rank that does not reach a collective within this many seconds is named and the job ends
+    stall_timeout: float | None = Field(None, gt=0)
+
+    # testing aids: on `fail_rank` at step `fail_at_step`, raise an error (fail_mode=raise) or
+    # hang in the data loader (fail_mode=stall)
     fail_at_step: int | None = Field(None, ge=1)
     fail_rank: int = Field(0, ge=0)
+    fail_mode: Literal["raise", "stall"] = "raise"
 
     @field_validator("theta", mode="before")
     @classmethod

@@ -107,6 +107,7 @@ class Synchronizer:
         self._t_last = self._t_start
         self.log = self._open_log(log, resume_step=resume_step, overwrite=overwrite) if log is not None else None
         self.world.set_failure_callback(self._record_remote_failure)
+        self.world.set_stall_timeout(cfg.stall_timeout)
 
     # ------------------------------------------------------------------ set-up
     def _broadcast_initial_state(self) -> None:
@@ -204,7 +205,8 @@ class Synchronizer:
         self.step_count += 1
         step = self.step_count
         cfg = self.cfg
-        if cfg.fail_at_step == step and cfg.fail_rank == self.ctx.rank:
+        self.world.set_step(step)
+        if cfg.fail_at_step == step and cfg.fail_rank == self.ctx.rank and cfg.fail_mode == "raise":
             raise InjectedFailure(f"injected failure at step {step} (fail_at_step/fail_rank testing aid)")
 
         check = self.monitor is not None and self.strategy.wants_check(step)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def local_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loader: Shard
     return loss.detach()
 
 
+STALL_SLEEP_S = 3600.0  # fail_mode=stall: how long the data loader "hangs"
 EVAL_CHUNK = 250  # test samples per forward pass; fixed, so the result does not depend on the ranks
 
 
@@ -100,6 +102,7 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, overwrite: bool =
     ctx = ctx or fda.init(seed=cfg.seed, device=cfg.device, threads=cfg.threads,
                           workers_per_rank=cfg.workers_per_rank, gpu_aware_mpi=cfg.gpu_aware_mpi)
     preemption.install(f"rank {ctx.rank}")
+    ctx.world.set_stall_timeout(cfg.stall_timeout)  # also for the set-up's collectives
     try:
         return _run(cfg, Path(out), ctx, resume=resume, overwrite=overwrite, progress=progress)
     finally:
@@ -146,6 +149,8 @@ def _run(cfg: Config, out: Path, ctx: Context, *, resume: bool, overwrite: bool,
                unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
     try:
         for step in range(sync.step_count + 1, total_steps + 1):
+            if cfg.fail_mode == "stall" and cfg.fail_at_step == step and cfg.fail_rank == ctx.rank:
+                time.sleep(STALL_SLEEP_S)  # testing aid: a data loader that hangs (see stall_timeout)
             losses = [local_step(m, o, ld) for m, o, ld in zip(models, optimizers, loaders)]
             sync.step(losses)
 
