@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -42,6 +43,15 @@ def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                            weight_decay=weight_decay)
+
+
+def deterministic_cuda() -> None:
+    """Same config, same K -> same metrics on a GPU too: cuDNN and cuBLAS in their deterministic modes
+    (an op with no deterministic CUDA version raises rather than silently varying)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True)
 
 
 def local_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loader: ShardLoader) -> torch.Tensor:
@@ -102,6 +112,8 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, overwrite: bool =
     ctx = ctx or fda.init(seed=cfg.seed, device=cfg.device, threads=cfg.threads,
                           workers_per_rank=cfg.workers_per_rank, gpu_aware_mpi=cfg.gpu_aware_mpi)
     preemption.install(f"rank {ctx.rank}")
+    if ctx.device.type == "cuda":
+        deterministic_cuda()
     ctx.world.set_stall_timeout(cfg.stall_timeout)  # also for the set-up's collectives
     try:
         return _run(cfg, Path(out), ctx, resume=resume, overwrite=overwrite, progress=progress)

@@ -66,12 +66,13 @@ def drift_state_out(w: torch.Tensor, w0: torch.Tensor, xi: torch.Tensor | None, 
     out[0] = torch.dot(u64, u64)
     out[1] = torch.dot(xi.to(torch.float64), u64) if xi is not None else 0.0
     if depth > 0:
+        u64 = u64.cpu()  # index_add_ is order-dependent (and refused in deterministic mode) on CUDA
         coeffs = hash_coefficients(seed, depth)
-        acc = torch.zeros(depth * width, dtype=torch.float64, device=w.device)
-        offsets = (torch.arange(depth, device=w.device, dtype=torch.int64) * width)[:, None]
+        acc = torch.zeros(depth * width, dtype=torch.float64)
+        offsets = (torch.arange(depth, dtype=torch.int64) * width)[:, None]
         for start in range(0, u.numel(), _BLOCK):
             stop = min(start + _BLOCK, u.numel())
-            idx = torch.arange(start, stop, device=w.device, dtype=torch.int64)
+            idx = torch.arange(start, stop, dtype=torch.int64)
             buckets, signs = hash_rows(idx, coeffs, width)
             vals = signs.to(torch.float64) * u64[start:stop]
             acc.index_add_(0, (buckets + offsets).reshape(-1), vals.reshape(-1))
