@@ -1,8 +1,9 @@
 """Atomic, consistent checkpoints of a whole run, for resuming after a crash, a requeue or a
 preemption, also on another layout (ranks x workers_per_rank) with the same K.
 
-Layout:  DIR/checkpoints/step_<N>/worker_<k>.pt    (worker k's model, optimizer and data
-                                                    position; written by the rank hosting it)
+Layout:  DIR/checkpoints/step_<N>/worker_<k>.pt    (worker k's model, optimizer, data position
+                                                    and compression residual; written by the
+                                                    rank hosting it)
          DIR/checkpoints/step_<N>/sync.pt          (the synchronizer's state: the same on every
                                                     rank; written by rank 0)
          DIR/checkpoints/step_<N>/rng_rank_<r>.pt  (rank r's RNG states)
@@ -74,9 +75,9 @@ def save(out: Path, ctx, sync, models, optimizers, loaders) -> None:
     if ctx.is_root:
         where.mkdir(parents=True, exist_ok=True)
     ctx.world.barrier()
-    for k, model, opt, loader in zip(ctx.worker_ids(), models, optimizers, loaders):
+    for j, (k, model, opt, loader) in enumerate(zip(ctx.worker_ids(), models, optimizers, loaders)):
         _atomic_write({"worker": k, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                       "loader": loader.state_dict()}, where / f"worker_{k}.pt")
+                       "loader": loader.state_dict(), "sync": sync.worker_state_dict(j)}, where / f"worker_{k}.pt")
     _atomic_write({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
                   where / f"rng_rank_{ctx.rank}.pt")
@@ -158,7 +159,8 @@ def find_latest(out: Path, ctx) -> Checkpoint | None:
 def restore(ckpt: Checkpoint, sync, models, optimizers, loaders) -> None:
     """Load a checkpoint into the run's objects; tensors move to their device here (see the module doc)."""
     sync.load_state_dict(ckpt.sync)
-    for model, opt, loader, state in zip(models, optimizers, loaders, ckpt.workers):
+    for j, (model, opt, loader, state) in enumerate(zip(models, optimizers, loaders, ckpt.workers)):
+        sync.load_worker_state_dict(j, state["sync"])
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         loader.load_state_dict(state["loader"])

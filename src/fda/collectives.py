@@ -1,14 +1,57 @@
 """How a sync's bytes travel: the K workers' models averaged with MPI collectives.
 
-`ExactMean` is the float32 sync of FDA.md section 3: the hosted workers' flat buffers are
-summed locally, then ONE in-place Allreduce of the contiguous buffer and a divide by K.
-`mean_of_tensors_` averages loose tensors (non-float32 buffers, optimizer state) over K.
+`ExactMean` (sync_compression=none) is the float32 sync of FDA.md section 3: the hosted
+workers' flat buffers summed locally, ONE in-place Allreduce, a divide by K.
+
+`QuantizedMean` (int16, int8) is the compressed sync of FDA.md section 7. Every hosted worker
+k sends v_k = u_k + e_k (its drift from the last global flat model w0 plus its error-feedback
+residual), quantized; the new global model is w0 + mean_k Q(v_k), and e_k <- v_k - Q(v_k)
+keeps what the quantization dropped for the next sync. It stays bit-identical on every rank:
+  1. blocks of BLOCK values get a scale s_b = max_k max_b |v_k| agreed with a MAX Allreduce
+     of one float32 per block (MAX is exact);
+  2. each value becomes an integer q in [-L, L], L = floor((2^bits - 1) / (2K)), stored
+     biased (q + L >= 0) in an unsigned field of `bits` bits, so the sum over the K workers,
+     at most 2LK <= 2^bits - 1, always fits its field;
+  3. the fields are summed by ONE Allreduce of 64-bit unsigned words (Comm.allreduce_fields_):
+     integer addition is exact and order-independent, and no carry crosses a field;
+  4. every rank decodes the same sums with the same float32 operations: the same new w0.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
+from fda.config import ConfigError
 from fda.flat import FlatModel, pairwise_sum_
+
+BLOCK = 4096  # values per quantization scale: 4 bytes of scale per 4096 values (0.1% of an int8 sync)
+WIDTHS = {"int16": 16, "int8": 8}
+_FIELD_DTYPES = {16: torch.uint16, 8: torch.uint8}
+FLOAT_BYTES = 4
+
+
+class CollectiveError(RuntimeError):
+    """An error every rank detects identically (from Allreduced values): no abort needed."""
+
+
+def levels(compression: str, workers: int) -> int:
+    """L: a worker's quantized values lie in [-L, L] so that the sum over K workers fits the width.
+    Raises ConfigError when no L >= 1 exists (K too large for the width)."""
+    bits = WIDTHS[compression]
+    L = (2 ** bits - 1) // (2 * workers)
+    if L < 1:
+        most = (2 ** bits - 1) // 2
+        raise ConfigError(f"sync_compression={compression} cannot be exact with K={workers} workers: the sum of "
+                          f"K quantized values must fit in {bits} bits, which allows at most K={most}; "
+                          "use a wider sync_compression or fewer workers")
+    return L
+
+
+def check_compression(compression: str, workers: int) -> None:
+    """The same ConfigError on every rank, before training, when the setting cannot be exact."""
+    if compression != "none":
+        levels(compression, workers)
 
 
 class ExactMean:
@@ -19,14 +62,93 @@ class ExactMean:
     def __init__(self, world, K: int):
         self.world, self.K = world, K
 
-    def average_(self, workers: list[FlatModel]) -> torch.Tensor:
-        """Writes the mean into worker 0's flat buffer and returns it (the other hosted workers'
-        buffers are scratch here: the caller refreshes them after the outer step)."""
+    def average_(self, workers: list[FlatModel], ref: torch.Tensor | None = None) -> torch.Tensor:
+        """The new global flat model, written into worker 0's flat buffer and returned (the caller
+        refreshes the other hosted workers, after the outer step). `ref` (the last global flat
+        model) is not needed here."""
         buf = pairwise_sum_([w.flat for w in workers])
         self.world.allreduce_(buf, "sum", kind="sync")
         buf.div_(self.K)
         mean_of_tensors_(self.world, [w.other_buffers for w in workers], self.K)
         return buf
+
+    def wire_bytes(self, n: int) -> int:
+        """Bytes one worker sends for n values in the paper's accounting (FDA.md section 5)."""
+        return FLOAT_BYTES * n
+
+    def worker_state_dict(self, j: int) -> dict:
+        return {}
+
+    def load_worker_state_dict(self, j: int, state: dict) -> None:
+        pass
+
+
+class QuantizedMean:
+    """The compressed sync with error feedback (see the module docstring)."""
+
+    def __init__(self, world, K: int, compression: str, hosted: int, n: int, device):
+        self.world, self.K, self.name = world, K, compression
+        self.bits = WIDTHS[compression]
+        self.L = levels(compression, K)
+        self.blocks = math.ceil(n / BLOCK)
+        padded = self.blocks * BLOCK
+        self.residuals = [torch.zeros(padded, dtype=torch.float32, device=device) for _ in range(hosted)]
+        self._drift = torch.empty(n, dtype=torch.float32, device=device)
+        self._decoded = torch.zeros(padded, dtype=torch.float32, device=device)
+        # n fields, in whole 64-bit words (the last block is partial: only n values travel)
+        self._wire = torch.zeros(math.ceil(n * self.bits / 64) * 8, dtype=torch.uint8, device=device)
+        self._fields = self._wire.view(_FIELD_DTYPES[self.bits])[:n]
+
+    def average_(self, workers: list[FlatModel], ref: torch.Tensor) -> torch.Tensor:
+        """The new global flat model ref + mean_k Q(v_k), written into worker 0's flat buffer and
+        returned; every hosted worker's residual is updated."""
+        n = ref.numel()
+        peaks = None
+        for w, e in zip(workers, self.residuals):
+            torch.sub(w.flat, ref, out=self._drift)  # u_k first: w and w0 are close, so this is exact-ish
+            e[:n].add_(self._drift)                  # v_k = u_k + e_k, kept in e_k's buffer
+            peak = e.view(self.blocks, BLOCK).abs().amax(dim=1)
+            peaks = peak if peaks is None else torch.maximum(peaks, peak)
+        peaks.masked_fill_(~torch.isfinite(peaks), math.inf)  # NaN would make MAX order-dependent
+        self.world.allreduce_(peaks, "max", kind="sync")
+        if not bool(torch.isfinite(peaks).all()):
+            raise CollectiveError("non-finite weights at a sync (diverged: try a smaller lr or check the data)")
+        step = peaks / self.L                                   # one quantization step per block
+        inv = torch.where(peaks > 0, self.L / peaks, torch.zeros_like(peaks))[:, None]
+        biased = None  # this rank's sum of q + L: small non-negative integers, exact in float32
+        for e in self.residuals:
+            v = e.view(self.blocks, BLOCK)
+            q = (v * inv).round_().clamp_(-self.L, self.L)
+            biased = q + self.L if biased is None else biased.add_(q).add_(self.L)
+            v.sub_(q.mul_(step[:, None]))                      # e_k <- v_k - Q(v_k)
+        self._fields.copy_(biased.view(-1)[:n])
+        self.world.allreduce_fields_(self._wire, kind="sync")
+        mean_q = self._decoded.view(self.blocks, BLOCK)
+        mean_q.view(-1)[:n].copy_(self._fields)
+        mean_q.sub_(self.K * self.L).mul_((step / self.K)[:, None])
+        target = workers[0].flat
+        torch.add(ref, mean_q.view(-1)[:n], out=target)
+        mean_of_tensors_(self.world, [w.other_buffers for w in workers], self.K)
+        return target
+
+    def wire_bytes(self, n: int) -> int:
+        """Bytes one worker sends for n values: the fields and one float32 scale per block."""
+        return math.ceil(n * self.bits / 8) + FLOAT_BYTES * math.ceil(n / BLOCK)
+
+    def worker_state_dict(self, j: int) -> dict:
+        """Hosted worker j's residual (what its quantized syncs have not delivered yet)."""
+        return {"residual": self.residuals[j].clone()}
+
+    def load_worker_state_dict(self, j: int, state: dict) -> None:
+        self.residuals[j].copy_(state["residual"])
+
+
+def make_averaging(compression: str, world, K: int, workers: list[FlatModel]):
+    """The sync's collective for `sync_compression`."""
+    if compression == "none":
+        return ExactMean(world, K)
+    return QuantizedMean(world, K, compression, hosted=len(workers), n=workers[0].flat.numel(),
+                         device=workers[0].device)
 
 
 def mean_of_tensors_(world, per_worker: list[list[torch.Tensor]], K: int, *, packed: bool = False) -> None:

@@ -205,6 +205,20 @@ class Comm:
         self.bytes.add(kind, 2 * t.numel() * t.element_size() * self.size)
         return t
 
+    def allreduce_fields_(self, t: torch.Tensor, kind: str = "sync") -> torch.Tensor:
+        """In-place exact SUM of packed unsigned integer fields. `t` (uint8, a multiple of 8 bytes)
+        is reduced as 64-bit unsigned words, so each field is summed on its own as long as no
+        field's total exceeds its width (the caller's guarantee): no carry crosses a field, and
+        integer addition is exact and order-independent, so every rank gets the same bits."""
+        if t.dtype != torch.uint8 or t.numel() % 8 or not t.is_contiguous():
+            raise ValueError("allreduce_fields_ needs a contiguous uint8 tensor of a multiple of 8 bytes")
+        buf, staged = self._host_view(t)
+        self.comm.Allreduce(MPI.IN_PLACE, [buf, t.numel() // 8, MPI.UINT64_T], op=MPI.SUM)
+        if staged is not None:
+            t.copy_(staged.view_as(t))
+        self.bytes.add(kind, 2 * t.numel() * self.size)
+        return t
+
     def bcast_(self, t: torch.Tensor, root: int = 0, kind: str = "setup") -> torch.Tensor:
         buf, staged = self._host_view(t)
         self._enter(f"{kind} broadcast")

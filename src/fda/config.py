@@ -76,6 +76,7 @@ class Config(BaseModel):
     local_epochs: int = Field(1, ge=1)
     max_epochs: int = Field(10, ge=1)
     sync_optimizer_state: Literal["keep", "reset", "average"] = "keep"
+    sync_compression: Literal["none", "int16", "int8"] = "none"
     workers_per_rank: int = Field(1, ge=1)
 
     # evaluation, logging, checkpoints

@@ -44,12 +44,13 @@ import numpy as np
 STEP_FIELDS = {
     "step": np.int64, "epoch": np.float64, "loss": np.float64, "var_bound": np.float64,
     "var_exact": np.float64, "theta": np.float64, "synced": np.int8,
-    "comm_bytes": np.int64, "comm_bytes_mpi": np.int64,
+    "comm_bytes": np.int64, "comm_bytes_float32": np.int64, "comm_bytes_mpi": np.int64,
     "time_compute": np.float64, "time_monitor": np.float64, "time_comm": np.float64,
 }
 EVAL_FIELDS = {
     "step": np.int64, "epoch": np.float64, "test_acc": np.float64, "test_loss": np.float64,
-    "comm_bytes": np.int64, "comm_bytes_mpi": np.int64, "comm_bytes_eval": np.int64,
+    "comm_bytes": np.int64, "comm_bytes_float32": np.int64, "comm_bytes_mpi": np.int64,
+    "comm_bytes_eval": np.int64,
     "wall_time": np.float64,
 }
 LOG_NAME = "metrics.h5"

@@ -3,7 +3,8 @@
 Call `step()` after every local optimizer step. Per step it computes this rank's drift
 state with the native kernel, Allreduces it with the mean loss (ONE small Allreduce),
 evaluates the strategy's rule on the reduced values (the same on every rank) and, when
-it says so, averages the models with ONE Allreduce of a contiguous flat buffer.
+it says so, averages the models with ONE Allreduce of a contiguous flat buffer (float32,
+or quantized: fda.collectives) and applies the outer update (fda.outer) to the result.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from fda import kernels, preemption
-from fda.collectives import ExactMean, mean_of_tensors_
+from fda.collectives import CollectiveError, check_compression, make_averaging, mean_of_tensors_
 from fda.config import Config, ConfigError, make_config, run_json
 from fda.context import Context
 from fda.flat import FlatModel, local_sum, pairwise_sum_
@@ -28,10 +29,6 @@ from fda.strategies import make_strategy
 FLOAT_BYTES = 4  # the paper's accounting counts float32 values
 _HEAD = 4  # the per-step Allreduce starts with [loss sum, non-finite flag, worker count, stop flag]
 DEFAULT_EVAL_EVERY = 100  # should_evaluate() when neither eval_every, steps_per_epoch nor fda.shard tells
-
-
-class CollectiveError(RuntimeError):
-    """An error every rank detects identically (from Allreduced values): no abort needed."""
 
 
 class InjectedFailure(RuntimeError):
@@ -73,8 +70,9 @@ class Synchronizer:
             raise ValueError(f"sync_optimizer_state={cfg.sync_optimizer_state} needs the optimizer(s): "
                              "pass optimizer=... to Synchronizer")
         self.K = ctx.workers
+        check_compression(cfg.sync_compression, self.K)
         self.workers = [FlatModel(m) for m in models]
-        self.averaging = ExactMean(self.world, self.K)
+        self.averaging = make_averaging(cfg.sync_compression, self.world, self.K, self.workers)
         for w in self.workers[1:]:
             if w.layout != self.workers[0].layout:
                 raise ValueError("the models of one rank must have the same architecture")
@@ -87,7 +85,11 @@ class Synchronizer:
         self.monitor = self.strategy.monitor
         self.outer = make_outer(cfg.resolved("server_optimizer"), lr=cfg.resolved("server_lr"),
                                 momentum=cfg.server_momentum)
-        self.w0 = self.workers[0].params.detach().clone()
+        # the last global flat model: the drift's origin, the outer step's and compression's reference;
+        # plain averaging on a schedule needs none (and skips refreshing it at every sync)
+        needs_ref = self.monitor is not None or self.outer is not None or cfg.sync_compression != "none"
+        self.ref = self.workers[0].flat.detach().clone() if needs_ref else None
+        self.w0 = self.ref[:self.d] if needs_ref else None
         self.xi = self._initial_xi() if (self.monitor is not None and self.monitor.uses_xi) else None
         self._packed_buffers: dict[int, torch.Tensor] = {}  # the per-step Allreduce buffer, by state size
         self._kernel_out = (torch.empty(kernels.packed_size(self.monitor.sketch_depth, self.monitor.sketch_width),
@@ -96,7 +98,8 @@ class Synchronizer:
 
         self.step_count = 0
         self.syncs = 0
-        self.comm_bytes = 0          # the paper's accounting (FDA.md section 5)
+        self.comm_bytes = 0          # the paper's accounting (FDA.md section 5), at the width really sent
+        self.comm_bytes_float32 = 0  # the same with float32 syncs
         self.last_bound = math.nan
         self.last_synced = False
         self.stop_requested = False  # some rank got SIGTERM/SIGUSR1 (fda.preemption): stop after this step
@@ -182,9 +185,10 @@ class Synchronizer:
         return "given" if self.monitor is not None else "none (no variance check)"
 
     def describe(self) -> str:
-        """When (the strategy) and how (the outer update) this synchronizer syncs."""
+        """When (the strategy) and how (the outer update, the sync's width) this synchronizer syncs."""
         outer = f", outer={self.outer.describe()}" if self.outer is not None else ""
-        return self.strategy.describe() + outer
+        width = f", sync {self.averaging.name}" if self.averaging.name != "none" else ""
+        return self.strategy.describe() + outer + width
 
     # -------------------------------------------------------------------- step
     @property
@@ -229,7 +233,7 @@ class Synchronizer:
         mean_loss = reduced[0] / reduced[2] if reduced[2] > 0 else math.nan
         self.stop_requested = bool(reduced[3] > 0)
         if check:
-            self.comm_bytes += self.K * FLOAT_BYTES * self.monitor.state_size
+            self._count_paper_bytes(self.K * FLOAT_BYTES * self.monitor.state_size)
         bound = self.monitor.bound(mean_state) if check else math.nan
         var_exact = self._exact_variance() if cfg.audit else math.nan
 
@@ -248,8 +252,8 @@ class Synchronizer:
             self.log.append_step({
                 "step": step, "epoch": self.epoch, "loss": mean_loss, "var_bound": bound,
                 "var_exact": var_exact, "theta": self.strategy.theta, "synced": int(synced),
-                "comm_bytes": self.comm_bytes, "comm_bytes_mpi": self.comm_bytes_mpi,
-                "time_compute": compute_s, "time_monitor": monitor_s, "time_comm": comm_s,
+                "comm_bytes": self.comm_bytes, "comm_bytes_float32": self.comm_bytes_float32,
+                "comm_bytes_mpi": self.comm_bytes_mpi, "time_compute": compute_s, "time_monitor": monitor_s, "time_comm": comm_s,
             })
         self.mean_loss = mean_loss
         self._t_last = time.perf_counter()
@@ -300,26 +304,36 @@ class Synchronizer:
         return float(self.world.allreduce_values([local], "sum", kind="audit")[0]) / self.K
 
     def _synchronize(self, mean_sqnorm: float) -> None:
-        mean = self.averaging.average_(self.workers)[:self.d]
+        target = self.averaging.average_(self.workers, self.ref)  # the new global model, in worker 0's flat
         var_at_sync = math.nan
-        if self.strategy.wants_sync_variance and not math.isnan(mean_sqnorm):
-            var_at_sync = mean_sqnorm - kernels.drift_state(mean, self.w0).sqnorm
-        if self.outer is not None:
-            self.outer.step(self.w0, mean)
+        if self.ref is not None:
+            mean = target[:self.d]
+            if self.strategy.wants_sync_variance and not math.isnan(mean_sqnorm):
+                var_at_sync = mean_sqnorm - kernels.drift_state(mean, self.w0).sqnorm
+            if self.outer is not None:
+                self.outer.step(self.w0, mean)
+            if self.xi is not None:
+                self._update_xi(mean)
+            self.ref.copy_(target)
         for w in self.workers[1:]:
-            w.flat.copy_(self.workers[0].flat)
-        if self.xi is not None:  # xi <- the direction of this global update (in place: no new d-vector)
-            torch.sub(mean, self.w0, out=self.xi)
-            norm = float(self.xi.norm())
-            if norm > 0 and math.isfinite(norm):
-                self.xi.div_(norm)
-            else:  # the global model did not move: fall back to the seeded unit vector
-                self.xi = self._initial_xi()
-        self.w0.copy_(mean)
+            w.flat.copy_(target)
         self._sync_optimizer_state()
         self.syncs += 1
-        self.comm_bytes += 2 * self.K * FLOAT_BYTES * self.d
+        self._count_paper_bytes(2 * self.K * self.averaging.wire_bytes(self.d), 2 * self.K * FLOAT_BYTES * self.d)
         self.strategy.after_sync(self.step_count, var_at_sync)
+
+    def _update_xi(self, new_w0: torch.Tensor) -> None:
+        """xi <- the direction of this global update (in place: no new d-vector)."""
+        torch.sub(new_w0, self.w0, out=self.xi)
+        norm = float(self.xi.norm())
+        if norm > 0 and math.isfinite(norm):
+            self.xi.div_(norm)
+        else:  # the global model did not move: fall back to the seeded unit vector
+            self.xi = self._initial_xi()
+
+    def _count_paper_bytes(self, sent: int, as_float32: int | None = None) -> None:
+        self.comm_bytes += sent
+        self.comm_bytes_float32 += sent if as_float32 is None else as_float32
 
     def _sync_optimizer_state(self) -> None:
         policy = self.cfg.sync_optimizer_state
@@ -371,8 +385,8 @@ class Synchronizer:
         if self.log is not None:
             self.log.append_eval({
                 "step": self.step_count, "epoch": self.epoch, "test_acc": test_acc, "test_loss": test_loss,
-                "comm_bytes": self.comm_bytes, "comm_bytes_mpi": self.comm_bytes_mpi,
-                "comm_bytes_eval": self.mpi_bytes("eval"),
+                "comm_bytes": self.comm_bytes, "comm_bytes_float32": self.comm_bytes_float32,
+                "comm_bytes_mpi": self.comm_bytes_mpi, "comm_bytes_eval": self.mpi_bytes("eval"),
                 "wall_time": time.perf_counter() - self._t_start,
             })
         self.last_eval = (test_acc, test_loss)
@@ -382,7 +396,7 @@ class Synchronizer:
         d = self.d
         return {
             "steps": self.step_count, "syncs": self.syncs, "workers": self.K,
-            "comm_gb": self.comm_bytes / 1e9,
+            "comm_gb": self.comm_bytes / 1e9, "comm_gb_float32": self.comm_bytes_float32 / 1e9,
             "synchronous_gb": self.step_count * 2 * self.K * FLOAT_BYTES * d / 1e9,
             "comm_bytes_mpi": self.comm_bytes_mpi,
             "wall_s": time.perf_counter() - self._t_start,
@@ -418,8 +432,9 @@ class Synchronizer:
         """Everything the synchronizer keeps between steps (models and optimizers are yours)."""
         return {
             "step": self.step_count, "syncs": self.syncs, "comm_bytes": self.comm_bytes,
+            "comm_bytes_float32": self.comm_bytes_float32,
             "mpi_bytes": {k: self.mpi_bytes(k) for k in sorted({*self.world.bytes.by_kind, *self._bytes_base})},
-            "w0": self.w0.clone(),
+            "ref": None if self.ref is None else self.ref.clone(),
             "xi": None if self.xi is None else self.xi.clone(), "strategy": self.strategy.state_dict(),
             "outer": None if self.outer is None else self.outer.state_dict(),
             "totals": dict(self.totals), "config": self.cfg.to_json(),
@@ -431,15 +446,25 @@ class Synchronizer:
         self.step_count = int(state["step"])
         self.syncs = int(state["syncs"])
         self.comm_bytes = int(state["comm_bytes"])
+        self.comm_bytes_float32 = int(state["comm_bytes_float32"])
         for kind, n in state["mpi_bytes"].items():
             self._bytes_base[kind] = self.world.bytes.get(kind) - n
-        self.w0.copy_(state["w0"])
+        if self.ref is not None:
+            self.ref.copy_(state["ref"])
         if self.xi is not None:
             self.xi = state["xi"].to(self.w0.device)
         self.strategy.load_state_dict(state["strategy"])
         if self.outer is not None:
             self.outer.load_state_dict(state["outer"])
         self.totals = defaultdict(float, state["totals"])
+
+    def worker_state_dict(self, j: int) -> dict:
+        """What the synchronizer keeps for hosted worker j alone (its compression residual), to be
+        checkpointed with that worker's model: it differs from worker to worker."""
+        return self.averaging.worker_state_dict(j)
+
+    def load_worker_state_dict(self, j: int, state: dict) -> None:
+        self.averaging.load_worker_state_dict(j, state)
 
 
 def _loss_vector(loss, device: torch.device) -> torch.Tensor:

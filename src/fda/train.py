@@ -26,6 +26,7 @@ from tqdm import tqdm
 import fda
 import fda.kernels
 from fda import checkpoint, preemption
+from fda.collectives import check_compression
 from fda.config import Config, ConfigError
 from fda.context import Context, steps_per_epoch
 from fda.data import DatasetError, ShardLoader, load_dataset, partition
@@ -199,8 +200,9 @@ def _run(cfg: Config, out: Path, ctx: Context, *, resume: bool, overwrite: bool,
 def format_summary(s: dict) -> str:
     ratio = s["synchronous_gb"] / s["comm_gb"] if s["comm_gb"] > 0 else math.inf
     wall = s["wall_s"]
+    as_float32 = f" ({s['comm_gb_float32']:.4f} GB as float32)" if s["comm_gb_float32"] != s["comm_gb"] else ""
     return (f"fda: {s['strategy']} | K={s['workers']} | final test_acc {s['final_test_acc']:.4f} | "
-            f"steps {s['steps']} | syncs {s['syncs']} | {s['comm_gb']:.4f} GB communicated "
+            f"steps {s['steps']} | syncs {s['syncs']} | {s['comm_gb']:.4f} GB communicated{as_float32} "
             f"(Synchronous would send {s['synchronous_gb']:.3f} GB, {ratio:.1f}x more) | "
             f"wall {wall:.1f} s: compute {s['time_compute_s']:.1f} / monitor {s['time_monitor_s']:.1f} / "
             f"comm {s['time_comm_s']:.1f} | kernel {s['state_kernel']} | log {s['out']}/metrics.h5")
