@@ -63,7 +63,7 @@ def test_ranks_hold_bit_identical_weights_after_a_sync(ctx, shared_dir):
     assert synced == [False] * 4 + [True]
     flats = gather_flat(ctx, model)
     assert all(np.array_equal(flats[0], f) for f in flats)
-    assert torch.equal(sync.w0, sync.workers[0].params)
+    assert sync.ref is None  # plain averaging on a schedule keeps (and refreshes) no w0
     sync.close()
 
 
