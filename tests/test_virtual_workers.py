@@ -16,11 +16,13 @@ def steps_of(out):
         return {n: f["steps"][n][()] for n in f["steps"]}, {n: f["evals"][n][()] for n in f["evals"]}
 
 
-def test_same_metrics_for_any_split_of_k_workers(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["sync_compression=int8", "server_optimizer=nesterov", "server_lr=0.7"]],
+                         ids=["float32", "int8-nesterov"])
+def test_same_metrics_for_any_split_of_k_workers(tmp_path, extra):
     logs = {}
     for ranks, per_rank in ((4, 1), (2, 2), (1, 4)):
         out = tmp_path / f"{ranks}x{per_rank}"
-        res = run_fda("train", *SETTINGS, f"workers_per_rank={per_rank}", "--out", out, n=ranks)
+        res = run_fda("train", *SETTINGS, *extra, f"workers_per_rank={per_rank}", "--out", out, n=ranks)
         assert res.returncode == 0, res.stderr[-2000:]
         logs[(ranks, per_rank)] = steps_of(out)
     ref_steps, ref_evals = logs[(4, 1)]
