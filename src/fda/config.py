@@ -42,10 +42,10 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
     # model and data
-    model: Literal["lenet5", "mlp", "vgg16star", "densenet121", "densenet201", "convnext_large"] = "lenet5"
-    dataset: Literal["fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic"] = "fashion-mnist"
+    model: Literal["lenet5", "mlp", "vgg16star", "charlm", "densenet121", "densenet201", "convnext_large"] = "lenet5"
+    dataset: Literal["fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic", "shakespeare"] = "fashion-mnist"
     data_dir: str | None = None
-    partition: Literal["iid", "noniid", "label", "dirichlet"] = "iid"
+    partition: Literal["iid", "noniid", "label", "dirichlet", "natural"] = "iid"
     noniid_fraction: float = Field(0.6, ge=0.0, le=1.0)
     label_value: int = Field(0, ge=0)
     dirichlet_alpha: float = Field(1.0, gt=0.0)

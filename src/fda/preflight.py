@@ -200,8 +200,9 @@ def _check_dataset(cfg, workers: int) -> tuple[str, str]:
     from fda.data import DatasetError, load_dataset, partition
     try:
         data = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed)
-        parts = partition(data.y_train, workers, cfg.partition, seed=cfg.seed, noniid_fraction=cfg.noniid_fraction,
-                          label_value=cfg.label_value, dirichlet_alpha=cfg.dirichlet_alpha)
+        parts = partition(data.labels, workers, cfg.partition, seed=cfg.seed, noniid_fraction=cfg.noniid_fraction,
+                          label_value=cfg.label_value, dirichlet_alpha=cfg.dirichlet_alpha,
+                          groups=data.train_groups)
     except DatasetError as e:
         return FAIL, " ".join(str(e).split())
     smallest = min(len(p) for p in parts)

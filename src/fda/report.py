@@ -9,15 +9,20 @@ Default target, when --target-acc is not given: the best test accuracy of the
 Synchronous run(s) minus 0.5 points (the lowest best, if there are several); without a
 Synchronous run, the lowest of the runs' best accuracies (so every run can reach it).
 
+With --network NAME|BANDWIDTH,LATENCY (repeatable; profiles datacenter, ethernet, wan): one more
+column per network, each run's wall time to the target *modelled* on that network (measured
+compute plus a ring-Allreduce cost for every check and sync; see fda.netmodel).
+
 Writes to --out (default report/): report.md, report.csv, acc_vs_gb.png,
 acc_vs_steps.png and variance_<run>.png for each FDA run; prints the table.
-Exit codes: 0 ok, 2 bad input (missing file, unfinished or failed run).
+Exit codes: 0 ok, 2 bad input (missing file, unfinished or failed run, unreadable --network).
 """
 from __future__ import annotations
 
 import csv
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +31,7 @@ import numpy as np
 
 from fda.config import resolve_setting
 from fda.h5log import LOG_NAME, open_log, run_status
+from fda.netmodel import Network, NetworkError, modelled_time_to_target, parse_network
 
 SYNC_MARGIN = 0.005  # default target: Synchronous's best minus 0.5 points
 FDA_KINDS = ("fda", "fda_opt", "kamp")
@@ -178,8 +184,14 @@ def strategy_label(run: RunData) -> str:
     return str(run.attrs.get("strategy", kind))
 
 
-def comparison_table(runs: list[RunData], target: float) -> list[dict]:
-    """One row per run (dict of plain values; None where the target was not reached)."""
+def network_column(net: Network) -> str:
+    """The CSV column of a network's modelled time to target."""
+    return "modelled_time_to_target_s_" + re.sub(r"[^A-Za-z0-9]+", "_", net.name).strip("_")
+
+
+def comparison_table(runs: list[RunData], target: float, networks: tuple[Network, ...] = ()) -> list[dict]:
+    """One row per run (dict of plain values; None where the target was not reached); with
+    ``networks``, a modelled time to target per network."""
     rows = []
     for r in runs:
         s = r.steps
@@ -207,6 +219,8 @@ def comparison_table(runs: list[RunData], target: float) -> list[dict]:
             "monitor_s": float(np.nansum(s.get("time_monitor", []))),
             "comm_s": float(np.nansum(s.get("time_comm", []))),
         })
+        for net in networks:
+            rows[-1][network_column(net)] = modelled_time_to_target(s, r.attrs, steps_to_target(r, target), net)
     return rows
 
 
@@ -220,6 +234,16 @@ COLUMNS = [("run", "run"), ("params", "strategy"), ("K", "K"), ("steps_to_target
            ("compute_s", "compute s"), ("monitor_s", "monitor s"), ("comm_s", "comm s")]
 
 
+NETWORK_NOTE = ("Time to target on a network is modelled, not measured: this machine's median compute per "
+                "step (one worker's share) times the steps to target, plus for every check and every sync "
+                "the ring-Allreduce cost 2(P-1)/P * bytes / bandwidth + 2(P-1) * latency with P = K workers "
+                "(one worker per node; fda.netmodel). Networks: ")
+
+
+def _columns(networks: tuple[Network, ...]) -> list[tuple[str, str]]:
+    return COLUMNS + [(network_column(n), f"time to target, {n.name} (modelled) s") for n in networks]
+
+
 def _cell(key: str, v) -> str:
     if v is None:
         return "not reached"
@@ -227,15 +251,16 @@ def _cell(key: str, v) -> str:
         return f"{v:.4f}"
     if key in ("final_acc", "best_acc"):
         return f"{v:.4f}"
-    if key.endswith("_s"):
+    if key.endswith("_s") or key.startswith("modelled_time"):
         return f"{v:.1f}"
     return str(v)
 
 
-def format_markdown(rows: list[dict]) -> str:
-    head = "| " + " | ".join(h for _, h in COLUMNS) + " |"
-    sep = "|" + "|".join("---" for _ in COLUMNS) + "|"
-    body = ["| " + " | ".join(_cell(k, r[k]) for k, _ in COLUMNS) + " |" for r in rows]
+def format_markdown(rows: list[dict], networks: tuple[Network, ...] = ()) -> str:
+    columns = _columns(networks)
+    head = "| " + " | ".join(h for _, h in columns) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(_cell(k, r[k]) for k, _ in columns) + " |" for r in rows]
     return "\n".join([head, sep, *body])
 
 
@@ -344,9 +369,10 @@ def main(args) -> int:
     out = Path(args.out or "report")
     runs: list[RunData] = []
     try:
+        networks = tuple(dict.fromkeys(parse_network(n) for n in (getattr(args, "network", None) or [])))
         for path, name in zip(args.runs, _unique_names(args.runs)):
             runs.append(load_run(path, name=name))
-    except ReportError as e:
+    except (ReportError, NetworkError) as e:
         print(f"fda report: error: {e}", file=sys.stderr)
         return 2
     datasets = sorted({r.dataset for r in runs})
@@ -360,13 +386,14 @@ def main(args) -> int:
         target, rule = default_target(runs)
     print(f"fda report: target accuracy {target:.4f} ({rule})")
 
-    rows = comparison_table(runs, target)
-    table = format_markdown(rows)
+    rows = comparison_table(runs, target, networks)
+    table = format_markdown(rows, networks)
+    net_note = (NETWORK_NOTE + "; ".join(n.describe() for n in networks) + ".") if networks else ""
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.md").write_text(
             f"# fda report\n\nTarget accuracy: {target:.4f} ({rule}). Steps and GB (paper accounting) "
-            f"at the first evaluation reaching it. {TIME_NOTE}\n\n{table}\n\n"
+            f"at the first evaluation reaching it. {TIME_NOTE} {net_note}\n\n{table}\n\n"
             "![accuracy vs GB](acc_vs_gb.png)\n![accuracy vs steps](acc_vs_steps.png)\n")
         write_csv(rows, out / "report.csv")
         plot_accuracy_vs_gb(runs, out / "acc_vs_gb.png", target=target)

@@ -73,7 +73,8 @@ EVAL_CHUNK = 250  # test samples per forward pass; fixed, so the result does not
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: Context,
              chunk: int = EVAL_CHUNK) -> tuple[float, float]:
-    """Test accuracy and loss, the same bits on every rank and for any number of ranks.
+    """Test accuracy and loss per prediction (per sample, or per position for text targets), the
+    same bits on every rank and for any number of ranks.
 
     The test set is cut into fixed chunks; rank r scores chunks r, r+P, ...; each chunk's counts
     go to its own slots of ONE Allreduce (the other ranks add zeros: exact), then the slots are
@@ -90,7 +91,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: Cont
         per_chunk[1, c] = float(F.cross_entropy(out, yb, reduction="sum"))
     model.train(was_training)
     totals = ctx.world.allreduce_values(per_chunk.ravel(), "sum", kind="eval").reshape(2, -1)
-    return float(totals[0].sum()) / n, float(totals[1].sum()) / n
+    return float(totals[0].sum()) / y.numel(), float(totals[1].sum()) / y.numel()
 
 
 @contextmanager
@@ -130,9 +131,9 @@ def _run(cfg: Config, out: Path, ctx: Context, *, resume: bool, overwrite: bool,
 
     with collective_checks(ctx):
         data = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed)
-        parts = partition(data.y_train, ctx.workers, cfg.partition, seed=cfg.seed,
+        parts = partition(data.labels, ctx.workers, cfg.partition, seed=cfg.seed,
                           noniid_fraction=cfg.noniid_fraction, label_value=cfg.label_value,
-                          dirichlet_alpha=cfg.dirichlet_alpha)
+                          dirichlet_alpha=cfg.dirichlet_alpha, groups=data.train_groups)
         models = []
         for _ in ctx.worker_ids():
             torch.manual_seed(cfg.seed)

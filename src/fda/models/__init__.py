@@ -3,6 +3,7 @@
 from .zoo import (
     MODEL_NAMES,
     TORCHVISION_MODELS,
+    CharLM,
     LeNet5,
     MLP,
     ModelError,
@@ -15,6 +16,7 @@ from .zoo import (
 __all__ = [
     "MODEL_NAMES",
     "TORCHVISION_MODELS",
+    "CharLM",
     "LeNet5",
     "MLP",
     "ModelError",

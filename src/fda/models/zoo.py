@@ -10,6 +10,10 @@
   (256*3*3 = 2304 on 28x28) - FC 512 - FC 512 - FC classes, ReLU, no batch norm:
   exactly 2,592,202 parameters on 1x28x28 / 10 classes (the only natural variant that matches:
   three 256 convs, batch norm or a BN'd FC all give other counts).
+- ``charlm``: a causal character model for ``shakespeare``, LEAF's Shakespeare LSTM made smaller to
+  train in minutes on 2 CPU cores: embedding 8 - 2-layer LSTM, hidden 64 - FC 64->vocabulary at
+  every position (logits N x vocabulary x L, cross-entropy's layout for sequences); 57,699
+  parameters with the 75-character vocabulary (LEAF: hidden 256, ~820k).
 - ``densenet121`` / ``densenet201`` (torchvision, classifier resized to ``num_classes``:
   6,964,106 / 18,112,138 params on CIFAR-10, the paper's counts).
 - ``convnext_large`` (torchvision ConvNeXt-Large backbone, its LayerNorm head kept, then
@@ -33,14 +37,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["MODEL_NAMES", "TORCHVISION_MODELS", "ModelError", "build_model", "count_params", "torchvision_available"]
+__all__ = ["MODEL_NAMES", "TORCHVISION_MODELS", "CharLM", "ModelError", "build_model", "count_params",
+           "torchvision_available"]
 
 
 class ModelError(ValueError):
     """Unknown model name, unusable input shape, or a missing optional dependency."""
 
 
-MODEL_NAMES: tuple[str, ...] = ("lenet5", "mlp", "vgg16star", "densenet121", "densenet201", "convnext_large")
+MODEL_NAMES: tuple[str, ...] = ("lenet5", "mlp", "vgg16star", "charlm", "densenet121", "densenet201", "convnext_large")
 TORCHVISION_MODELS: tuple[str, ...] = ("densenet121", "densenet201", "convnext_large")
 
 _ALIASES = {
@@ -53,6 +58,8 @@ _ALIASES = {
     "densenet-201": "densenet201",
     "convnextlarge": "convnext_large",
     "convnext-large": "convnext_large",
+    "char-lm": "charlm",
+    "char_lm": "charlm",
 }
 
 # ImageNet checkpoints torchvision would download (looked for in the torch hub cache only).
@@ -135,6 +142,24 @@ class VGG16Star(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+class CharLM(nn.Module):
+    """Next-character logits at every position of a window of character indices (N x L)."""
+
+    def __init__(self, input_shape=(80,), num_classes: int = 75, embed: int = 8, hidden: int = 64,
+                 layers: int = 2) -> None:
+        super().__init__()
+        if len(tuple(input_shape)) != 1 or int(tuple(input_shape)[0]) < 1:
+            raise ModelError(f"charlm needs windows of character indices (input shape (L,)), got {input_shape!r}; "
+                             "use dataset=shakespeare")
+        self.embed = nn.Embedding(num_classes, embed)  # inputs and targets share the vocabulary
+        self.lstm = nn.LSTM(embed, hidden, layers, batch_first=True)
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.lstm(self.embed(x))
+        return self.head(h).transpose(1, 2)
 
 
 def torchvision_available() -> bool:
@@ -241,6 +266,13 @@ def build_model(name: str, input_shape, num_classes: int, *, weights=None) -> nn
     num_classes = int(num_classes)
     if num_classes < 2:
         raise ModelError(f"num_classes must be >= 2, got {num_classes}")
+    text_input = len(tuple(input_shape)) == 1
+    if key == "charlm" or text_input:
+        if not (key == "charlm" and text_input):
+            raise ModelError(f"model {key!r} does not fit {'a text' if text_input else 'an image'} dataset "
+                             f"(input shape {tuple(input_shape)}): use model=charlm with dataset=shakespeare, "
+                             "an image model with the image datasets")
+        return CharLM(input_shape, num_classes)
     if key == "lenet5":
         return LeNet5(input_shape, num_classes)
     if key == "mlp":
