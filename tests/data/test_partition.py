@@ -21,13 +21,14 @@ def check_cover(parts, n):
 @pytest.mark.parametrize("k", [1, 3, 7, 10])
 def test_cover_and_determinism(scheme, k):
     y = balanced_labels(1003)
-    a = partition(y, k, scheme, seed=5)
-    b = partition(y, k, scheme, seed=5)
-    c = partition(y, k, scheme, seed=6)
+    groups = np.arange(y.size) // 10  # natural clients, for partition=natural (the others ignore them)
+    a = partition(y, k, scheme, seed=5, groups=groups)
+    b = partition(y, k, scheme, seed=5, groups=groups)
+    c = partition(y, k, scheme, seed=6, groups=groups)
     assert len(a) == k
     check_cover(a, y.size)
     assert all(np.array_equal(p, q) for p, q in zip(a, b))
-    if k > 1 or scheme != "dirichlet":
+    if k > 1 or scheme not in ("dirichlet", "natural"):  # one worker: the whole set, in index order
         assert any(not np.array_equal(p, q) for p, q in zip(a, c))
 
 
@@ -125,14 +126,14 @@ def test_dirichlet_tiny_alpha_no_empty_worker():
 @pytest.mark.parametrize("scheme", PARTITION_SCHEMES)
 def test_more_workers_than_samples(scheme):
     with pytest.raises(DatasetError, match="cannot partition 5 samples among 6 workers"):
-        partition(np.arange(5) % 2, 6, scheme, seed=0)
-    parts = partition(np.arange(5) % 2, 5, scheme, seed=0)  # exactly one each is fine
+        partition(np.arange(5) % 2, 6, scheme, seed=0, groups=np.arange(5))
+    parts = partition(np.arange(5) % 2, 5, scheme, seed=0, groups=np.arange(5))  # exactly one each is fine
     assert sorted(p.size for p in parts) == [1] * 5
 
 
 def test_bad_arguments():
     y = balanced_labels(100)
-    with pytest.raises(DatasetError, match="unknown partition scheme 'foo'.*iid, noniid, label, dirichlet"):
+    with pytest.raises(DatasetError, match="unknown partition scheme 'foo'.*iid, noniid, label, dirichlet, natural"):
         partition(y, 2, "foo", seed=0)
     with pytest.raises(DatasetError, match="num_workers must be >= 1"):
         partition(y, 0, "iid", seed=0)
