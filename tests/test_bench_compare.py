@@ -1,0 +1,76 @@
+"""bench/compare.py's plan: grids expanded per task and seed, Synchronous first, families that need a
+missing feature stop the grid with the reason (or are skipped), the quick preset merges over the grid."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def compare():
+    spec = importlib.util.spec_from_file_location("bench_compare", REPO / "bench" / "compare.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_compare"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+SPEC = {
+    "seeds": [0, 1, 2],
+    "families": {
+        "fedavg": {"strategy": "fedavg", "tau": "{tau}"},
+        "fda-sketch": {"kind": "fda", "strategy": "fda", "monitor": "sketch", "theta": "{sketch_theta}"},
+        "synchronous": {"strategy": "synchronous"},
+        "future": {"strategy": "fda", "not_a_setting_yet": 1, "needs": "a later issue"},
+    },
+    "tasks": {"t": {"common": {"dataset": "synthetic", "model": "mlp", "max_steps": 5},
+                    "grids": {"tau": [2, 8], "sketch_theta": 0.5}}},
+    "quick": {"seeds": [0], "tasks": {"t": {"grids": {"tau": [4]}, "families": ["synchronous", "fedavg"]}}},
+}
+
+
+def test_grids_seeds_and_order(compare):
+    jobs, skipped = compare.plan(SPEC, quick=False, skip_unavailable=True)
+    assert skipped == {"future": skipped["future"]} and "a later issue" in skipped["future"]
+    assert [j.config for j in jobs[:3]] == ["synchronous"] * 3  # the target depends on it
+    assert {j.config for j in jobs} == {"synchronous", "fedavg-tau2", "fedavg-tau8", "fda-sketch-theta0.5"}
+    assert len(jobs) == 4 * 3
+    tau8 = [j for j in jobs if j.config == "fedavg-tau8"]
+    assert [j.seed for j in tau8] == [0, 1, 2]
+    assert tau8[1].settings == {"dataset": "synthetic", "model": "mlp", "max_steps": 5, "strategy": "fedavg",
+                                "tau": 8, "seed": 1}
+    assert tau8[1].path == ("t", "fedavg-tau8", "seed1")
+
+
+def test_a_missing_feature_stops_the_grid_with_the_reason(compare):
+    with pytest.raises(compare.PlanError, match=r"(?s)future: needs a later issue.*not_a_setting_yet.*--skip-unavailable"):
+        compare.plan(SPEC, quick=False)
+
+
+def test_a_bad_setting_is_an_error_even_when_skipping(compare):
+    bad = yaml.safe_load(yaml.safe_dump(SPEC))
+    bad["tasks"]["t"]["grids"]["tau"] = [2, 0]
+    with pytest.raises(compare.PlanError, match="t/fedavg-tau0: invalid configuration: tau=0"):
+        compare.plan(bad, quick=False, skip_unavailable=True)
+    missing_grid = yaml.safe_load(yaml.safe_dump(SPEC))
+    del missing_grid["tasks"]["t"]["grids"]["tau"]
+    with pytest.raises(compare.PlanError, match="family fedavg needs the grid"):
+        compare.plan(missing_grid, quick=False, skip_unavailable=True)
+
+
+def test_the_quick_preset(compare):
+    jobs, _ = compare.plan(SPEC, quick=True)
+    assert [(j.config, j.seed) for j in jobs] == [("synchronous", 0), ("fedavg-tau4", 0)]
+
+
+def test_the_committed_grid_plans(compare):
+    spec = yaml.safe_load((REPO / "bench/configs/compare.yaml").read_text())
+    jobs, _ = compare.plan(spec, quick=False, skip_unavailable=True)
+    assert {j.task for j in jobs} == {"fmnist-iid", "fmnist-noniid60", "shakespeare"}
+    assert {j.seed for j in jobs} == {0, 1, 2}
+    quick, _ = compare.plan(spec, quick=True, skip_unavailable=True)
+    assert {j.task for j in quick} == {"fmnist-iid", "shakespeare"} and len(quick) == 30
