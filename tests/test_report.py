@@ -214,9 +214,11 @@ def test_network_columns_hold_the_modelled_time_to_target(runs, tmp_path, capsys
     steps, _ = expected_at(runs / "sync", target)
     with h5py.File(runs / "sync" / "metrics.h5", "r") as f:
         d = int(f.attrs["num_params"])
-    # K = 2 workers (1 per rank), no monitor: steps * median compute + one ring Allreduce of 4d bytes per step
+    # K = 2 workers (1 per rank), no checks: steps * median compute + the kernel time logged up to the
+    # target + one ring Allreduce of 4d bytes per step
     ring = 2 * 1 / 2 * 4 * d / 12.5e6 + 2 * 1 * 0.02
-    expected = steps * float(np.median(sync_steps["time_compute"])) + steps * ring
+    monitor = float(np.sum(sync_steps["time_monitor"][sync_steps["step"] <= steps]))
+    expected = steps * float(np.median(sync_steps["time_compute"])) + monitor + steps * ring
     assert float(rows["sync"]["modelled_time_to_target_s_wan"]) == pytest.approx(expected, rel=1e-9)
     assert float(rows["fda"]["modelled_time_to_target_s_1Gbit_s_2ms"]) > 0 or rows["fda"]["steps_to_target"] == ""
     md = (out / "report.md").read_text()
