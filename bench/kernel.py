@@ -1,6 +1,7 @@
 """Benchmark of the fused drift-state op (fda.kernels) against the memory-bandwidth floor.
 
     .venv/bin/python bench/kernel.py [--out bench/results/kernel.md] [--quick]
+    python bench/kernel.py --device cuda      # on a GPU node: bench/results/gpu_kernel.md
 
 For d = 61,706 (LeNet-5), 2,592,202 (VGG-sized) and 25,000,000 it times (median of repeats, warm,
 same process): the native op (full: l=5, m=250, with xi), native norm-only, the pure-torch
@@ -8,6 +9,10 @@ reference, a pure-torch version in the style of public FDA code (precomputed buc
 tensors + index_add_), and the floor torch.dot(w, w0).  It also times the native kernel's hashing
 alone and scatter alone (profiling variants of the op) and the monitoring share of a LeNet-5
 training step (batch 32, Adam).  Writes a markdown report.
+
+With --device cuda (d = 2.6M, 25M and 198M): the op as torch.ops.fda.drift_state_out (full, without
+xi, norm-only, linear), its hashing alone and scatter alone, the index_add_ version on the GPU and
+two floors (torch.dot(w, w0), and a copy of w), timed with CUDA events.
 """
 
 from __future__ import annotations
@@ -52,17 +57,20 @@ class IndexAddSketch:
     """Pure-torch AMS drift state in the style of public FDA code: bucket and sign tensors of
     shape [l, d] precomputed once per round, then u = w - w0 and one index_add_ per call."""
 
-    def __init__(self, d: int, depth: int, width: int, seed: int):
-        buckets, signs = R.hash_rows(torch.arange(d), K.hash_coefficients(seed, depth), width)
-        self.index = (buckets + torch.arange(depth)[:, None] * width).reshape(-1)
+    def __init__(self, d: int, depth: int, width: int, seed: int, device: str = "cpu"):
+        idx = torch.arange(d, device=device)
+        buckets, signs = R.hash_rows(idx, K.hash_coefficients(seed, depth), width)
+        del idx
+        self.index = (buckets + torch.arange(depth, device=device)[:, None] * width).reshape(-1)
+        del buckets
         self.signs = signs.to(torch.float32)
-        self.depth, self.width = depth, width
+        self.depth, self.width, self.device = depth, width, device
 
     def __call__(self, w, w0, xi):
         u = w - w0
-        sq = torch.dot(u, u).item()
-        dot = torch.dot(xi, u).item()
-        sk = torch.zeros(self.depth * self.width)
+        sq = torch.dot(u, u)
+        dot = torch.dot(xi, u)
+        sk = torch.zeros(self.depth * self.width, device=self.device)
         sk.index_add_(0, self.index, (self.signs * u).reshape(-1))
         return sq, dot, sk.view(self.depth, self.width)
 
@@ -85,11 +93,116 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+GPU_SIZES = [2_592_202, 25_000_000, 198_000_000]
+
+
+def cuda_timeit(fn, repeats: int, warmup: int = 5) -> float:
+    """Median GPU time (s) of fn() between two CUDA events, over `repeats` warm calls."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    marks = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        marks.append((a, b))
+    torch.cuda.synchronize()
+    return statistics.median(a.elapsed_time(b) for a, b in marks) / 1e3
+
+
+def _run(cmd: list[str]) -> str:
+    import subprocess
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def cuda_main(args) -> None:
+    """The same table on a GPU: the op through torch.ops (drift_state_out: no host sync), timed
+    with CUDA events."""
+    assert torch.cuda.is_available(), "--device cuda needs a GPU"
+    assert K._native_has(torch.device("cuda"), "drift_state_out"), "build the CUDA kernel first (make native)"
+    reps = 10 if args.quick else 50
+    op, prof = torch.ops.fda.drift_state_out, torch.ops.fda._drift_state_profile
+    props = torch.cuda.get_device_properties(0)
+    rows = []
+    for d in GPU_SIZES:
+        g = torch.Generator(device="cuda").manual_seed(d)
+        w = torch.randn(d, device="cuda", generator=g)
+        w0 = w + 0.01 * torch.randn(d, device="cuda", generator=g)
+        xi = torch.randn(d, device="cuda", generator=g)
+        xi /= xi.norm()
+        out = torch.empty(2 + DEPTH * WIDTH, dtype=torch.float64, device="cuda")
+        out2 = torch.empty(2, dtype=torch.float64, device="cuda")
+        dst = torch.empty_like(w)
+        t = {
+            "floor: torch.dot(w, w0)": cuda_timeit(lambda: torch.dot(w, w0), reps),
+            "floor: copy (read w, write w)": cuda_timeit(lambda: dst.copy_(w), reps),
+            f"native full (l={DEPTH}, m={WIDTH}, xi)": cuda_timeit(lambda: op(w, w0, xi, DEPTH, WIDTH, SEED, out), reps),
+            f"native l={DEPTH}, m={WIDTH}, no xi": cuda_timeit(lambda: op(w, w0, None, DEPTH, WIDTH, SEED, out), reps),
+            "native norm-only": cuda_timeit(lambda: op(w, w0, None, 0, 0, 0, out2), reps),
+            "native linear (norm + xi)": cuda_timeit(lambda: op(w, w0, xi, 0, 0, 0, out2), reps),
+            f"l={DEPTH} hashing only (no scatter)": cuda_timeit(lambda: prof(w, w0, DEPTH, WIDTH, SEED, 1), reps),
+            f"l={DEPTH} scatter only (no hash)": cuda_timeit(lambda: prof(w, w0, DEPTH, WIDTH, SEED, 2), reps),
+        }
+        ia = IndexAddSketch(d, DEPTH, WIDTH, SEED, device="cuda")
+        t["torch index_add_ (precomputed indices)"] = cuda_timeit(lambda: ia(w, w0, xi), max(3, reps // 10), 2)
+        del ia
+        floor = t["floor: torch.dot(w, w0)"]
+        for name, s in t.items():
+            rows.append((d, name, s, 8 * d / s / 1e9, s / floor))
+        print(f"d={d}: " + ", ".join(f"{k}={v * 1e3:.4f} ms" for k, v in t.items()), flush=True)
+        del w, w0, xi, dst
+        torch.cuda.empty_cache()
+
+    commit = os.environ.get("FDA_COMMIT") or _run(["git", "rev-parse", "--short", "HEAD"])
+    lines = [
+        "# Drift-state kernel benchmark (GPU)",
+        "",
+        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}, commit {commit}",
+        f"- device: {props.name}, {props.multi_processor_count} SMs, "
+        f"{props.total_memory / 2**30:.0f} GiB, driver "
+        f"{_run(['nvidia-smi', '--query-gpu=driver_version', '--format=csv,noheader'])}",
+        f"- torch {torch.__version__} (CUDA {torch.version.cuda}); "
+        f"{_run(['nvcc', '--version']).splitlines()[-1] if _run(['nvcc', '--version']) != 'unknown' else 'nvcc unknown'}",
+        f"- op: l={DEPTH}, m={WIDTH}, called as torch.ops.fda.drift_state_out (no host sync); times are "
+        f"medians of {reps} warm calls between CUDA events; GB/s counts 8 bytes/param (w and w0; the "
+        "full op and linear also read xi: 12); x floor = time / torch.dot(w, w0) time.  At 2.6M the "
+        "vectors (21 MB) stay in L2, so every row there is an L2 number",
+        "",
+        "| d | method | time (ms) | GB/s | x floor |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for d, name, s, gbs, ratio in rows:
+        lines.append(f"| {d:,} | {name} | {s * 1e3:.4f} | {gbs:.0f} | {ratio:.2f} |")
+    lines.append("")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    kept = ""
+    if os.path.exists(args.out):
+        old = open(args.out).read()
+        if ANALYSIS in old:
+            kept = old[old.index(ANALYSIS):]
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + ("\n" + kept if kept else ""))
+    print("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "kernel.md"))
+    ap.add_argument("--out", default=None, help="report (default bench/results/kernel.md, "
+                    "gpu_kernel.md with --device cuda)")
     ap.add_argument("--quick", action="store_true", help="fewer repeats (smoke test)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = ap.parse_args()
+    if args.out is None:
+        name = "gpu_kernel.md" if args.device == "cuda" else "kernel.md"
+        args.out = os.path.join(os.path.dirname(__file__), "results", name)
+    if args.device == "cuda":
+        cuda_main(args)
+        return
     reps = 5 if args.quick else 31
     assert K.backend() == "native", "build the native op first (make native)"
     load_start = os.getloadavg()

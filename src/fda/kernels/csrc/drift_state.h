@@ -17,12 +17,23 @@ void check_drift_state_out(const at::Tensor& w, const at::Tensor& out, int64_t d
 
 #if defined(FDA_WITH_CUDA) || defined(__CUDACC__)
 #include <cuda_runtime_api.h>
+#include <stddef.h>
 namespace fda {
-// Launches the fused drift-state kernel on `stream`.  `sketch` (depth*width floats) and `stats`
-// (2 doubles: sqnorm, dot) must be zeroed device memory; xi may be null.  Results are accumulated
-// with atomics (not bitwise reproducible run to run).  Returns the launch status.
+// Bytes of device scratch (norm and sketch partials) that launch_drift_state_cuda needs: a
+// function of d, depth and width only.
+size_t drift_state_cuda_scratch_bytes(int64_t d, int depth, uint32_t width);
+// The largest sketch width the CUDA kernel handles on `device` (one row's tables must fit in a
+// block's shared memory); 0 when the device cannot be queried.
+int64_t drift_state_cuda_max_width(int device);
+// Launches the fused drift-state kernels on `stream` (no allocation, no host synchronisation):
+// out[0] = ||u||^2, out[1] = <xi, u> (0 without xi), out[2 + r * width + j] = sketch[r][j] as a
+// float32 value widened.  Bit-reproducible (see drift_state_cuda.cu).  xi may be null; `scratch`
+// holds drift_state_cuda_scratch_bytes(d, depth, width) bytes of device memory (no contents
+// needed).  mode 0 = the op; 1 and 2 = bench/kernel.py's profiling variants (hashing without the
+// scatter, scatter without the hashing; depth 5 only; results meaningless).  Returns the status of this call's
+// own launches.
 cudaError_t launch_drift_state_cuda(const float* w, const float* w0, const float* xi, int64_t d,
-                                    int depth, uint32_t width, uint64_t seed, float* sketch,
-                                    double* stats, cudaStream_t stream);
+                                    int depth, uint32_t width, uint64_t seed, int mode,
+                                    void* scratch, double* out, cudaStream_t stream);
 }  // namespace fda
 #endif

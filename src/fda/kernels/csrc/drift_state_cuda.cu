@@ -1,14 +1,55 @@
-// drift_state_cuda.cu -- fused drift-state kernel (CUDA).  Plain CUDA: compiles with nvcc alone
-// (no torch headers); the torch op lives in drift_state_cuda_op.cpp.
+// drift_state_cuda.cu -- the fused drift-state kernel (CUDA): ||u||^2, <xi, u> and the AMS sketch
+// of u = w - w0 in one pass over w and w0 (and xi).  Plain CUDA, compiled by nvcc alone (no torch
+// headers); the torch ops live in drift_state_cuda_op.cpp.
 //
-// Grid-stride loop over u = w - w0.  Per element: float64 ||u||^2 and <xi, u> partials in
-// registers, and for every sketch row a hash (csrc/hash.h, the same family as the CPU and the
-// reference) plus a shared-memory atomicAdd into the block's private copy of the sketch.  At
-// the end: warp-shuffle + shared-memory reduction of the norms (one double atomicAdd per block
-// and quantity) and one global atomicAdd per non-zero sketch bucket per block.  When the sketch
-// does not fit in shared memory the kernel adds straight into global memory.
+// BIT-REPRODUCIBLE: the same inputs give the same bits on every run, for every grid size and on
+// every GPU.  Nothing here depends on which block handles which elements or in which order blocks
+// or warps run; every floating-point sum has an order fixed by element indices alone:
+//
+//  * Indices are cut into chunks of kChunk = 4096 elements, chunks into norm tiles of G chunks and
+//    tiles into units of K tiles.  G and K are functions of d and of the sketch size only (never
+//    of the grid or the device): at most kMaxTiles tiles, and unit partials that fit kUnitBudget.
+//  * Within a tile, thread t (of a fixed 256) always handles elements tile_begin + t + 256 j: it
+//    accumulates ||u||^2 and <xi, u> in float64 in j order; a fixed shuffle/shared-memory tree
+//    gives the tile's partial.  The finalize kernel sums the tile partials in a fixed tree.
+//  * Sketch, within a chunk: EXACT integer arithmetic.  The chunk's L1 norm (float64, fixed tree)
+//    gives a power-of-two scale 2^s with L1 * 2^s < 2^30; each term becomes q = rint(u * 2^s),
+//    so |q| <= 2^30 and the sum of |q| over the chunk is < 2^30 + 2048 < 2^31: no int32 bucket sum
+//    can overflow, and int32 shared-memory atomicAdd (native ATOMS.ADD) is exact, hence
+//    order-independent.  The chunk table is then scaled back (exact: int -> double, times 2^-s)
+//    and added to the unit's float64 table in chunk order by the thread that owns the entry; a
+//    unit's table goes to global memory as float32 (one slot per unit, written by whichever block
+//    ran it); the finalize kernel sums the unit partials of each entry in a fixed tree (float64)
+//    and rounds once to float32.
+//  Alternatives rejected: float atomics (order-dependent); one global fixed-point scale (needs
+//  max|u| first, i.e. a second pass over w and w0: >= 2.5x the floor with xi); int64 atomics to
+//  global memory (same scale problem, plus contention).
+//  Error against the exact sketch: per term at most half a quantization step, 2^-(s+1) <=
+//  L1_chunk * 2^-30; per bucket and chunk at most (terms of the chunk in the bucket) times that;
+//  plus float32 rounding of each unit partial and of the result.  In practice ~1e-6 of the
+//  bucket's magnitude (a few float32 ulps more than a float32 accumulation); exact on data whose
+//  chunk sums are exact (e.g. small integers).  Non-finite u (inf, NaN) are added separately in
+//  float64 (inf/NaN results do not depend on the order either).
+//
+// FAST (target: <= 2x the time to read w and w0 once, l = 5, m = 250):
+//  * hashes by forward differences: thread t's indices form one arithmetic progression with step
+//    256 through all of its block's work (its units are contiguous), so each row's cubic is
+//    advanced by 3 modular additions per element (csrc/hash.h's family, same bits as the CPU);
+//    the state is initialised once per block.  Bucket by __umulhi; rows unrolled (template NR).
+//  * int32 shared-memory atomics, two chunk tables used alternately so that one __syncthreads
+//    per chunk suffices (the chunk's L1 reduction) and the flush of the previous chunk overlaps.
+//  * grid from the occupancy API (FDA_CUDA_GRID=N forces N blocks: tests check the bits do not
+//    change); sketches too large for shared memory are done in row groups (one launch per group,
+//    each re-reads w and w0), never with global atomics.
+//  * coalesced 4-byte loads, 16 per array and thread issued before their first use.
 #include <cuda_runtime.h>
+#include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include "drift_state.h"
 #include "hash.h"
@@ -16,113 +57,490 @@
 namespace fda {
 namespace {
 
+// Tuning knobs (compile time; every setting is bit-reproducible, but results differ between settings)
+#ifndef FDA_CUDA_PER_THREAD
+#define FDA_CUDA_PER_THREAD 16
+#endif
+#ifndef FDA_CUDA_UNIT_BUDGET_LOG2
+#define FDA_CUDA_UNIT_BUDGET_LOG2 21
+#endif
+#ifndef FDA_CUDA_MIN_BLOCKS
+#define FDA_CUDA_MIN_BLOCKS 2
+#endif
+
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
+constexpr int kPerThread = FDA_CUDA_PER_THREAD;
+constexpr int64_t kChunk = int64_t(kThreads) * kPerThread;  // 4096
+constexpr int64_t kMaxTiles = 2048;                         // norm partials at most
+constexpr int64_t kUnitBudget = int64_t(1) << FDA_CUDA_UNIT_BUDGET_LOG2;  // floats of unit partials
+constexpr int kMaxRows = 8;                                 // rows per launch (registers)
+constexpr int kFinCols = 32, kFinSlices = 32;               // finalize block: 32 x 32 threads
+constexpr int kProfileRows = 5;                             // rows of the profiling variants
 
-template <bool kDot, bool kShared>
-__global__ void __launch_bounds__(kThreads)
-drift_state_kernel(const float* __restrict__ w, const float* __restrict__ w0,
-                   const float* __restrict__ xi, int64_t d, int depth, uint32_t width,
-                   uint64_t seed, float* __restrict__ sketch, double* __restrict__ stats) {
+// What the kernels need, by value (kernel parameter space: no device allocation for it).
+struct Params {
+  const float* w;
+  const float* w0;
+  const float* xi;
+  int64_t d;
+  int64_t n_chunks, chunks_per_tile, tiles_per_unit, n_tiles, n_units;
+  int row0;          // first sketch row of this launch
+  uint32_t width;    // m
+  uint32_t width2;   // 2 m (bucket = umulhi(g & ~1, 2m))
+  int64_t S;         // depth * width: row length of the unit partials
+  int norms;         // this launch writes the norm partials
+  double* norm_parts;  // [n_tiles][2]
+  float* sk_parts;     // [n_units][S]
+  // per row of this launch: hash coefficients and the constant third difference for step 256
+  uint32_t a[kMaxRows][4];
+  uint32_t d3[kMaxRows];
+};
+
+__device__ __forceinline__ uint32_t sub_mod(uint32_t a, uint32_t b) {
+  return hash::add_mod(a, hash::kPrime - b);
+}
+
+// bucket((g >> 1) * m >> 30) without 64-bit arithmetic: (2 (g >> 1)) * (2 m) >> 32 is the same
+// integer (4 X >> 32 == X >> 30), and 2 m < 2^32 since m < 2^31 - 1.
+__device__ __forceinline__ uint32_t bucket_fast(uint32_t g, uint32_t width2) {
+  return __umulhi(g & 0x7FFFFFFEu, width2);
+}
+
+// Fixed-order reduction of a double over the block: shuffle tree in each warp, then warps in
+// index order.  Every thread returns the total.  `red` holds kWarps doubles; callers alternate
+// buffers so that one __syncthreads suffices.
+__device__ __forceinline__ double block_sum_all(double v, double* red) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+  __syncthreads();
+  double s = 0.0;
+#pragma unroll
+  for (int k = 0; k < kWarps; ++k) s += red[k];
+  return s;
+}
+
+// mode: 0 = the op, 1 = hashing without the scatter, 2 = scatter without hashing (bench only).
+template <int NR, bool kDot, int kMode>
+__global__ void __launch_bounds__(kThreads, FDA_CUDA_MIN_BLOCKS) drift_state_kernel(const Params p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  __shared__ double red[2][kWarps];
-  uint32_t* coeffs = reinterpret_cast<uint32_t*>(smem_raw);  // 4 * depth
-  float* table = reinterpret_cast<float*>(coeffs + 4 * depth);  // depth * width (kShared)
-  const int64_t S = static_cast<int64_t>(depth) * width;
+  const uint32_t m = p.width;
+  const int64_t rows_len = int64_t(NR) * m;
+  double* acc = reinterpret_cast<double*>(smem_raw);             // [NR * m] unit table (float64)
+  int* tab0 = reinterpret_cast<int*>(acc + (NR > 0 ? rows_len : 0));  // [NR * m] chunk table A
+  int* tab1 = tab0 + (NR > 0 ? rows_len : 0);                         // [NR * m] chunk table B
+  __shared__ double red_l1[2][kWarps];
+  __shared__ int red_bad[2][kWarps];
+  __shared__ double red_sq[kWarps], red_dt[kWarps];
 
-  for (int t = threadIdx.x; t < 4 * depth; t += blockDim.x)
-    coeffs[t] = hash::coefficient(seed, static_cast<uint64_t>(t >> 2), static_cast<uint64_t>(t & 3));
-  if (kShared)
-    for (int64_t t = threadIdx.x; t < S; t += blockDim.x) table[t] = 0.0f;
+  // this block's units: a balanced contiguous range (its elements form one progression per thread)
+  const int64_t u_begin = p.n_units * blockIdx.x / gridDim.x;
+  const int64_t u_end = p.n_units * (blockIdx.x + 1) / gridDim.x;
+  if (u_begin >= u_end) return;
+  const int64_t chunks_per_unit = p.chunks_per_tile * p.tiles_per_unit;
+  const int64_t c_begin = u_begin * chunks_per_unit;
+  const int64_t c_end = min(p.n_chunks, u_end * chunks_per_unit);
+
+  for (int64_t e = threadIdx.x; e < rows_len; e += kThreads) {
+    acc[e] = 0.0;
+    tab0[e] = 0;
+    tab1[e] = 0;
+  }
+
+  // hash state of thread t at its first element x0: g, and its differences for step 256
+  uint32_t P[NR > 0 ? NR : 1], D1[NR > 0 ? NR : 1], D2[NR > 0 ? NR : 1];
+  if constexpr (NR > 0) {
+    const int64_t x0 = c_begin * kChunk + threadIdx.x;
+#pragma unroll
+    for (int r = 0; r < NR; ++r) {
+      uint32_t g[3];
+#pragma unroll
+      for (int k = 0; k < 3; ++k)
+        g[k] = hash::poly(p.a[r][0], p.a[r][1], p.a[r][2], p.a[r][3],
+                          static_cast<uint32_t>((x0 + int64_t(k) * kThreads) % hash::kPrime));
+      P[r] = g[0];
+      D1[r] = sub_mod(g[1], g[0]);
+      D2[r] = sub_mod(sub_mod(g[2], g[1]), D1[r]);
+    }
+  }
   __syncthreads();
 
-  float* acc = kShared ? table : sketch;
   double sq = 0.0, dt = 0.0;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < d; i += stride) {
-    const float u = __ldg(w + i) - __ldg(w0 + i);
-    const double ud = static_cast<double>(u);
-    sq += ud * ud;
-    if (kDot) dt += static_cast<double>(__ldg(xi + i)) * ud;
-    const uint32_t x = static_cast<uint32_t>(i);  // i < 2^31 - 1 (checked by the op)
-    for (int r = 0; r < depth; ++r) {
-      const uint32_t* c = coeffs + 4 * r;
-      const uint32_t g = hash::poly(c[0], c[1], c[2], c[3], x);
-      const float v = __uint_as_float(__float_as_uint(u) ^ hash::sign_mask(g));
-      atomicAdd(acc + static_cast<int64_t>(r) * width + hash::bucket(g, width), v);
+  double prev_scale = 0.0;  // 2^-s of the previous chunk (its table is flushed in this one)
+  uint32_t sink = 0;        // mode 1: keeps the hashes alive
+  for (int64_t c = c_begin; c < c_end; ++c) {
+    const int buf = static_cast<int>(c & 1);
+    int* tab = buf ? tab1 : tab0;
+    int* prev_tab = buf ? tab0 : tab1;
+    const int64_t base = c * kChunk + threadIdx.x;
+
+    // all loads of the chunk first (16 per array and thread in flight), then the arithmetic
+    float u[kPerThread], v0[kPerThread], xv[kPerThread];
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      const int64_t x = base + int64_t(j) * kThreads;
+      const bool in = x < p.d;
+      u[j] = in ? __ldg(p.w + x) : 0.0f;
+      v0[j] = in ? __ldg(p.w0 + x) : 0.0f;
+      if constexpr (kDot) xv[j] = (in && p.norms) ? __ldg(p.xi + x) : 0.0f;
+    }
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) u[j] = u[j] - v0[j];
+    if (p.norms) {
+#pragma unroll
+      for (int j = 0; j < kPerThread; ++j) {
+        const double ud = static_cast<double>(u[j]);
+        sq += ud * ud;
+        if constexpr (kDot) dt += static_cast<double>(xv[j]) * ud;
+      }
+    }
+
+    if constexpr (NR > 0) {
+      // the chunk's L1 norm over finite terms (fixed order) and whether it has non-finite ones
+      double l1 = 0.0;
+      bool bad = false;
+#pragma unroll
+      for (int j = 0; j < kPerThread; ++j) {
+        const float a = fabsf(u[j]);
+        const bool fin = a <= 3.402823466e38f;  // false for inf and NaN
+        l1 += fin ? static_cast<double>(a) : 0.0;
+        bad |= !fin;
+      }
+      const int bad_warp = __any_sync(0xffffffffu, bad);
+      if ((threadIdx.x & 31) == 0) red_bad[buf][threadIdx.x >> 5] = bad_warp;
+      l1 = block_sum_all(l1, red_l1[buf]);  // the one barrier of the chunk
+      int any_bad = 0;
+#pragma unroll
+      for (int k = 0; k < kWarps; ++k) any_bad |= red_bad[buf][k];
+
+      // flush the previous chunk's table into the unit table (owner threads, fixed order), and
+      // the unit table to global memory when that chunk ended a unit
+      if (c > c_begin) {
+        for (int64_t e = threadIdx.x; e < rows_len; e += kThreads) {
+          const int v = prev_tab[e];
+          prev_tab[e] = 0;
+          acc[e] += static_cast<double>(v) * prev_scale;
+        }
+        if (c % chunks_per_unit == 0) {
+          float* dst = p.sk_parts + (c / chunks_per_unit - 1) * p.S + int64_t(p.row0) * m;
+          for (int64_t e = threadIdx.x; e < rows_len; e += kThreads) {
+            dst[e] = static_cast<float>(acc[e]);
+            acc[e] = 0.0;
+          }
+        }
+      }
+
+      // scale: L1 < 2^e, s = 30 - e, so L1 * 2^s < 2^30 (s in [-111, 179] for finite float32 u)
+      int ex = 0;
+      if (l1 > 0.0) frexp(l1, &ex);
+      const int s = 30 - ex;
+      prev_scale = ldexp(1.0, -s);
+      const int s1 = s < 127 ? s : 127;
+      const float f1 = ldexpf(1.0f, s1), f2 = ldexpf(1.0f, s - s1);
+      int q[kPerThread];
+#pragma unroll
+      for (int j = 0; j < kPerThread; ++j) {
+        const bool fin = fabsf(u[j]) <= 3.402823466e38f;
+        q[j] = fin ? __float2int_rn((u[j] * f1) * f2) : 0;
+      }
+
+#pragma unroll
+      for (int j = 0; j < kPerThread; ++j) {
+        // v = q or -q as q + (g & 1) * (-2 q), modulo 2^32 (|q| <= 2^30; the sums fit in int32)
+        const uint32_t uq = static_cast<uint32_t>(q[j]), umq2 = 0u - 2u * uq;
+#pragma unroll
+        for (int r = 0; r < NR; ++r) {
+          if constexpr (kMode == 2) {  // bench: a cheap pseudo-random bucket instead of the hash
+            const uint32_t x = static_cast<uint32_t>(base + j * kThreads) * 0x9E3779B9u + r;
+            atomicAdd(tab + r * m + __umulhi(x, m), q[j]);
+          } else {
+            const uint32_t g = P[r];
+            P[r] = hash::add_mod(P[r], D1[r]);
+            D1[r] = hash::add_mod(D1[r], D2[r]);
+            D2[r] = hash::add_mod(D2[r], p.d3[r]);
+            const uint32_t v = uq + (g & 1u) * umq2;
+            const uint32_t b = bucket_fast(g, p.width2);
+            if constexpr (kMode == 1)
+              sink += b ^ v;
+            else
+              atomicAdd(tab + r * m + b, static_cast<int>(v));
+          }
+        }
+      }
+
+      if (kMode == 0 && any_bad) {  // rare: inf/NaN terms, added in float64 (order-independent)
+        __syncthreads();            // no flush of the unit table may run concurrently
+#pragma unroll 1
+        for (int j = 0; j < kPerThread; ++j) {
+          const int64_t x = base + int64_t(j) * kThreads;
+          const float uj = x < p.d ? p.w[x] - p.w0[x] : 0.0f;  // reloaded: keeps u out of registers
+          if (fabsf(uj) <= 3.402823466e38f) continue;
+#pragma unroll 1
+          for (int r = 0; r < NR; ++r) {
+            const uint32_t g = hash::poly(p.a[r][0], p.a[r][1], p.a[r][2], p.a[r][3],
+                                          static_cast<uint32_t>(x % hash::kPrime));
+            atomicAdd(acc + r * m + hash::bucket(g, m), static_cast<double>(g & 1u ? -uj : uj));
+          }
+        }
+      }
+    }
+
+    // end of a norm tile: its partial, in a fixed order
+    if (p.norms && ((c + 1) % p.chunks_per_tile == 0 || c + 1 == p.n_chunks)) {
+      for (int off = 16; off > 0; off >>= 1) {
+        sq += __shfl_down_sync(0xffffffffu, sq, off);
+        if constexpr (kDot) dt += __shfl_down_sync(0xffffffffu, dt, off);
+      }
+      if ((threadIdx.x & 31) == 0) {
+        red_sq[threadIdx.x >> 5] = sq;
+        red_dt[threadIdx.x >> 5] = dt;
+      }
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        double s1 = 0.0, s2 = 0.0;
+#pragma unroll
+        for (int k = 0; k < kWarps; ++k) {
+          s1 += red_sq[k];
+          s2 += red_dt[k];
+        }
+        const int64_t tile = c / p.chunks_per_tile;
+        p.norm_parts[2 * tile] = s1;
+        p.norm_parts[2 * tile + 1] = s2;
+      }
+      __syncthreads();  // red_sq is reused by the next tile
+      sq = 0.0;
+      dt = 0.0;
     }
   }
 
-  // norms: warp shuffles, then one value per warp through shared memory
-  for (int off = 16; off > 0; off >>= 1) {
-    sq += __shfl_down_sync(0xffffffffu, sq, off);
-    if (kDot) dt += __shfl_down_sync(0xffffffffu, dt, off);
-  }
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) {
-    red[0][warp] = sq;
-    red[1][warp] = dt;
-  }
-  __syncthreads();
-  if (warp == 0) {
-    sq = lane < kWarps ? red[0][lane] : 0.0;
-    dt = lane < kWarps ? red[1][lane] : 0.0;
-    for (int off = 16; off > 0; off >>= 1) {
-      sq += __shfl_down_sync(0xffffffffu, sq, off);
-      if (kDot) dt += __shfl_down_sync(0xffffffffu, dt, off);
-    }
-    if (lane == 0) {
-      atomicAdd(stats, sq);  // native double atomics: sm_60+
-      if (kDot) atomicAdd(stats + 1, dt);
-    }
-  }
-  if (kShared) {  // one global atomic per (non-zero) bucket per block
-    for (int64_t t = threadIdx.x; t < S; t += blockDim.x) {
-      const float v = table[t];
-      if (v != 0.0f) atomicAdd(sketch + t, v);
+  if constexpr (NR > 0) {  // the last chunk's table, and the block's last unit
+    __syncthreads();
+    int* last = (c_end - 1) & 1 ? tab1 : tab0;
+    float* dst = p.sk_parts + (u_end - 1) * p.S + int64_t(p.row0) * m;
+    for (int64_t e = threadIdx.x; e < rows_len; e += kThreads) {
+      const double v = acc[e] + static_cast<double>(last[e]) * prev_scale;
+      dst[e] = kMode == 1 ? static_cast<float>(sink & 1u) : static_cast<float>(v);
     }
   }
 }
 
-template <bool kDot, bool kShared>
-cudaError_t launch(const float* w, const float* w0, const float* xi, int64_t d, int depth,
-                   uint32_t width, uint64_t seed, float* sketch, double* stats, size_t smem,
-                   int grid, cudaStream_t stream) {
-  auto* kern = drift_state_kernel<kDot, kShared>;
-  if (smem > 48 * 1024) {
-    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(smem));
-    if (e != cudaSuccess) return e;
+// out[0..1] = sums of the tile norm partials; out[2 + e] = float32(sum of the unit partials of
+// entry e) widened.  Both sums in a fixed tree: slices of a block take indices k, k + 32, ... in
+// order, then a pairwise tree over the 32 slices.  Block 0 does the norms, the others 32 entries.
+__global__ void __launch_bounds__(kFinCols* kFinSlices)
+finalize_kernel(const double* __restrict__ norm_parts, int64_t n_tiles, const float* __restrict__ sk_parts,
+                int64_t n_units, int64_t S, double* __restrict__ out) {
+  __shared__ double red[kFinSlices][kFinCols + 1];
+  const int col = threadIdx.x % kFinCols, slice = threadIdx.x / kFinCols;
+  double v = 0.0;
+  int64_t e = -1;
+  if (blockIdx.x == 0) {
+    if (col < 2)
+      for (int64_t k = slice; k < n_tiles; k += kFinSlices) v += norm_parts[2 * k + col];
+  } else {
+    e = int64_t(blockIdx.x - 1) * kFinCols + col;
+    if (e < S) {
+      int64_t k = slice;
+      for (; k + 3 * kFinSlices < n_units; k += 4 * kFinSlices) {  // 4 loads in flight
+        const float a0 = sk_parts[k * S + e], a1 = sk_parts[(k + kFinSlices) * S + e];
+        const float a2 = sk_parts[(k + 2 * kFinSlices) * S + e], a3 = sk_parts[(k + 3 * kFinSlices) * S + e];
+        v += static_cast<double>(a0);
+        v += static_cast<double>(a1);
+        v += static_cast<double>(a2);
+        v += static_cast<double>(a3);
+      }
+      for (; k < n_units; k += kFinSlices) v += static_cast<double>(sk_parts[k * S + e]);
+    }
   }
-  kern<<<grid, kThreads, smem, stream>>>(w, w0, xi, d, depth, width, seed, sketch, stats);
-  return cudaGetLastError();
+  red[slice][col] = v;
+  __syncthreads();
+  for (int half = kFinSlices / 2; half > 0; half >>= 1) {
+    if (slice < half) red[slice][col] += red[slice + half][col];
+    __syncthreads();
+  }
+  if (slice != 0) return;
+  if (blockIdx.x == 0) {
+    if (col < 2) out[col] = red[0][col];
+  } else if (e < S) {
+    out[2 + e] = static_cast<double>(static_cast<float>(red[0][col]));
+  }
+}
+
+// ---------------------------------------------------------------------------------------- host
+struct Plan {
+  int64_t n_chunks = 0, chunks_per_tile = 1, n_tiles = 0, tiles_per_unit = 1, n_units = 0, S = 0;
+};
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+Plan make_plan(int64_t d, int depth, uint32_t width) {
+  Plan pl;
+  pl.S = int64_t(depth) * width;
+  pl.n_chunks = ceil_div(d, kChunk);
+  if (pl.n_chunks == 0) return pl;
+  pl.chunks_per_tile = ceil_div(pl.n_chunks, kMaxTiles);
+  pl.n_tiles = ceil_div(pl.n_chunks, pl.chunks_per_tile);
+  pl.tiles_per_unit = pl.S > 0 ? std::max<int64_t>(1, ceil_div(pl.n_tiles * pl.S, kUnitBudget)) : 1;
+  pl.tiles_per_unit = std::min(pl.tiles_per_unit, pl.n_tiles);
+  pl.n_units = ceil_div(pl.n_tiles, pl.tiles_per_unit);
+  return pl;
+}
+
+size_t align256(size_t n) { return (n + 255) / 256 * 256; }
+
+size_t scratch_bytes(const Plan& pl) {
+  return align256(sizeof(double) * 2 * pl.n_tiles) + align256(sizeof(float) * pl.n_units * pl.S);
+}
+
+size_t table_bytes(int rows, uint32_t width) { return size_t(rows) * width * (8 + 4 + 4); }
+
+// Cached per (device, kernel, dynamic shared memory): the opt-in attribute is set and the
+// occupancy asked once.
+int blocks_per_sm(const void* kern, size_t smem, cudaError_t* err) {
+  static std::mutex mu;
+  static std::map<std::tuple<int, const void*, size_t>, int> cache;
+  int dev = 0;
+  *err = cudaGetDevice(&dev);
+  if (*err != cudaSuccess) return 0;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_tuple(dev, kern, smem);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  if (smem > 48 * 1024) {
+    *err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (*err != cudaSuccess) return 0;
+  }
+  int n = 0;
+  *err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, kThreads, smem);
+  if (*err != cudaSuccess) return 0;
+  cache[key] = n;
+  return n;
+}
+
+// FDA_CUDA_GRID=N (N >= 1) forces the number of blocks (tests: the bits must not change).
+int64_t forced_grid() {
+  const char* s = getenv("FDA_CUDA_GRID");
+  if (s == nullptr || *s == '\0') return 0;
+  const long long v = atoll(s);
+  return v > 0 ? v : 0;
+}
+
+template <int NR, bool kDot, int kMode>
+cudaError_t launch_pass(const Params& p, cudaStream_t stream) {
+  const void* kern = reinterpret_cast<const void*>(&drift_state_kernel<NR, kDot, kMode>);
+  const size_t smem = table_bytes(NR, p.width);
+  cudaError_t err = cudaSuccess;
+  int per_sm = blocks_per_sm(kern, smem, &err);
+  if (err != cudaSuccess) return err;
+  if (per_sm < 1) return cudaErrorInvalidConfiguration;
+  int dev = 0, sms = 1;
+  if ((err = cudaGetDevice(&dev)) != cudaSuccess) return err;
+  if ((err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess) return err;
+  int64_t grid = forced_grid();
+  if (grid == 0) grid = int64_t(sms) * per_sm;
+  grid = std::max<int64_t>(1, std::min(grid, p.n_units));
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(grid));
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  // the launch's own status (not an earlier asynchronous error, as cudaGetLastError could be)
+  return cudaLaunchKernelEx(&cfg, drift_state_kernel<NR, kDot, kMode>, p);
+}
+
+template <bool kDot>
+cudaError_t launch_rows(int nr, const Params& p, cudaStream_t stream) {
+  switch (nr) {
+    case 0: return launch_pass<0, kDot, 0>(p, stream);  // norms only
+    case 1: return launch_pass<1, kDot, 0>(p, stream);
+    case 2: return launch_pass<2, kDot, 0>(p, stream);
+    case 3: return launch_pass<3, kDot, 0>(p, stream);
+    case 4: return launch_pass<4, kDot, 0>(p, stream);
+    case 5: return launch_pass<5, kDot, 0>(p, stream);
+    case 6: return launch_pass<6, kDot, 0>(p, stream);
+    case 7: return launch_pass<7, kDot, 0>(p, stream);
+    case 8: return launch_pass<8, kDot, 0>(p, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+cudaError_t launch_any(int nr, bool dot, int mode, const Params& p, cudaStream_t stream) {
+  if (mode != 0) {  // profiling variants: l = 5 only (compile time)
+    if (nr != kProfileRows) return cudaErrorInvalidValue;
+    return mode == 1 ? launch_pass<kProfileRows, false, 1>(p, stream) : launch_pass<kProfileRows, false, 2>(p, stream);
+  }
+  return dot ? launch_rows<true>(nr, p, stream) : launch_rows<false>(nr, p, stream);
+}
+
+int rows_per_launch(uint32_t width, int smem_optin) {
+  const int64_t fit = (int64_t(smem_optin) - 2048) / int64_t(table_bytes(1, width));  // 2 KB: static
+  return static_cast<int>(std::min<int64_t>(kMaxRows, std::max<int64_t>(0, fit)));
 }
 
 }  // namespace
 
+size_t drift_state_cuda_scratch_bytes(int64_t d, int depth, uint32_t width) {
+  return scratch_bytes(make_plan(d, depth, width));
+}
+
+int64_t drift_state_cuda_max_width(int device) {
+  int smem_optin = 48 * 1024;
+  if (cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
+    return 0;
+  return (int64_t(smem_optin) - 2048) / int64_t(table_bytes(1, 1));
+}
+
 cudaError_t launch_drift_state_cuda(const float* w, const float* w0, const float* xi, int64_t d,
-                                    int depth, uint32_t width, uint64_t seed, float* sketch,
-                                    double* stats, cudaStream_t stream) {
-  if (d <= 0) return cudaSuccess;
-  int dev = 0, sms = 1, smem_optin = 48 * 1024;
-  cudaError_t e = cudaGetDevice(&dev);
-  if (e != cudaSuccess) return e;
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-  const size_t coeff_bytes = 16 * static_cast<size_t>(depth);
-  const size_t table_bytes = 4 * static_cast<size_t>(depth) * width;
-  const bool shared = depth > 0 && coeff_bytes + table_bytes <= static_cast<size_t>(smem_optin) - 1024;
-  const size_t smem = coeff_bytes + (shared ? table_bytes : 0);
-  // Enough blocks to fill the GPU; with a shared table fewer, larger blocks amortise its merge.
-  const int64_t need = (d + kThreads - 1) / kThreads;
-  const int64_t cap = static_cast<int64_t>(sms) * (shared ? 4 : 8);
-  const int grid = static_cast<int>(need < cap ? need : cap);
-  if (xi) {
-    return shared ? launch<true, true>(w, w0, xi, d, depth, width, seed, sketch, stats, smem, grid, stream)
-                  : launch<true, false>(w, w0, xi, d, depth, width, seed, sketch, stats, smem, grid, stream);
-  }
-  return shared ? launch<false, true>(w, w0, xi, d, depth, width, seed, sketch, stats, smem, grid, stream)
-                : launch<false, false>(w, w0, xi, d, depth, width, seed, sketch, stats, smem, grid, stream);
+                                    int depth, uint32_t width, uint64_t seed, int mode,
+                                    void* scratch, double* out, cudaStream_t stream) {
+  const Plan pl = make_plan(d, depth, width);
+  if (pl.n_chunks == 0) return cudaMemsetAsync(out, 0, sizeof(double) * (2 + pl.S), stream);
+  int dev = 0, smem_optin = 48 * 1024;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err != cudaSuccess) return err;
+  err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  if (err != cudaSuccess) return err;
+
+  Params p = {};
+  p.w = w;
+  p.w0 = w0;
+  p.xi = xi;
+  p.d = d;
+  p.n_chunks = pl.n_chunks;
+  p.chunks_per_tile = pl.chunks_per_tile;
+  p.tiles_per_unit = pl.tiles_per_unit;
+  p.n_tiles = pl.n_tiles;
+  p.n_units = pl.n_units;
+  p.width = width;
+  p.width2 = 2u * width;
+  p.S = pl.S;
+  p.norm_parts = static_cast<double*>(scratch);
+  p.sk_parts = reinterpret_cast<float*>(static_cast<char*>(scratch) + align256(sizeof(double) * 2 * pl.n_tiles));
+
+  const int per_launch = depth > 0 ? rows_per_launch(width, smem_optin) : 0;
+  if (depth > 0 && per_launch < 1) return cudaErrorInvalidValue;  // the op checks the width first
+  int row0 = 0;
+  do {  // one launch per row group; the first also writes the norm partials
+    const int nr = std::min(per_launch, depth - row0);
+    p.row0 = row0;
+    p.norms = row0 == 0;
+    for (int r = 0; r < nr; ++r) {
+      for (int k = 0; k < 4; ++k) p.a[r][k] = hash::coefficient(seed, uint64_t(row0 + r), uint64_t(k));
+      // third difference of a cubic for step h: 6 a3 h^3 (mod p)
+      const uint64_t h3 = (uint64_t(kThreads) * kThreads * kThreads) % hash::kPrime;
+      p.d3[r] = hash::mod_p(uint64_t(hash::mod_p(6ull * p.a[r][3])) * h3);
+    }
+    err = launch_any(nr, xi != nullptr, mode, p, stream);
+    if (err != cudaSuccess) return err;
+    row0 += nr;
+  } while (row0 < depth);
+
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(1 + ceil_div(pl.S, kFinCols)));
+  cfg.blockDim = dim3(kFinCols * kFinSlices);
+  cfg.stream = stream;
+  return cudaLaunchKernelEx(&cfg, finalize_kernel, const_cast<const double*>(p.norm_parts), pl.n_tiles,
+                            const_cast<const float*>(p.sk_parts), pl.n_units, pl.S, out);
 }
 
 }  // namespace fda

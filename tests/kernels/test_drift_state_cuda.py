@@ -1,0 +1,217 @@
+"""GPU tests of the CUDA drift-state kernel (csrc/drift_state_cuda.cu); skipped without a GPU.
+
+Documented tolerance (GPU against the exact sketch, the float64 reference rounded to float32), per
+bucket b of a row, with A_b = sum of |u_i| over the bucket's elements and L1(c) the L1 norm of u
+over element i's chunk c (4096 consecutive indices):
+
+    |gpu_b - ref_b| <= 2^-30 * sum_{i in b} L1(c(i))  +  2^-24 * A_b  +  2^-23 * |ref_b|
+
+(quantisation to the chunk's fixed-point grid; float32 rounding of the unit partials; the final
+rounding of both results).  Squared norm and dot are float64 sums in a different order than the
+reference: relative 1e-12.  Against the CPU kernel (float32 accumulation) the looser tolerance of
+tests/kernels/test_drift_state.py applies; on data whose partial sums are exact (small integers)
+GPU and CPU agree bit for bit.  The GPU results are bit-reproducible: the same on every run, for
+every grid size (FDA_CUDA_GRID), stream and memory offset.
+"""
+
+from __future__ import annotations
+
+import torch
+import pytest
+
+import fda.kernels as K
+from fda.kernels import reference as R
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="no CUDA GPU (torch.cuda.is_available() is False)")
+
+CHUNK = 4096
+OP = "drift_state_out"
+
+
+def _vectors(d, seed, device="cuda", integer=False):
+    g = torch.Generator().manual_seed(4321 + seed + 13 * d)
+    if integer:
+        w = torch.randint(-3, 4, (d,), generator=g).float()
+        w0 = torch.zeros(d)
+    else:
+        w = torch.randn(d, generator=g)
+        w0 = w + 1e-2 * torch.randn(d, generator=g) * torch.rand(d, generator=g).pow(4)  # uneven sizes
+    xi = torch.randn(d, generator=g)
+    xi /= xi.norm().clamp_min(1e-30)
+    return w.to(device), w0.to(device), xi.to(device)
+
+
+def _packed(w, w0, xi, depth, width, seed=5):
+    out = torch.full((2 + depth * width,), float("nan"), dtype=torch.float64, device=w.device)
+    torch.ops.fda.drift_state_out(w, w0, xi, depth, width, seed, out)
+    return out
+
+
+def _tolerance(u, depth, width, seed, ref):
+    """The documented per-bucket bound (see the module docstring), [depth, width] float64."""
+    d = u.numel()
+    u64 = u.double()
+    chunk_l1 = torch.zeros((d + CHUNK - 1) // CHUNK, dtype=torch.float64, device=u.device)
+    chunk_l1.index_add_(0, torch.arange(d, device=u.device) // CHUNK, u64.abs())
+    l1_of_i = chunk_l1[torch.arange(d, device=u.device) // CHUNK]
+    buckets, _ = R.hash_rows(torch.arange(d, device=u.device), K.hash_coefficients(seed, depth), width)
+    quant = torch.zeros(depth, width, dtype=torch.float64, device=u.device)
+    mass = torch.zeros(depth, width, dtype=torch.float64, device=u.device)
+    for r in range(depth):
+        quant[r].index_add_(0, buckets[r], l1_of_i)
+        mass[r].index_add_(0, buckets[r], u64.abs())
+    return 2.0**-30 * quant + 2.0**-24 * mass + 2.0**-23 * ref.double().abs() + 1e-300
+
+
+def _check_against_reference(w, w0, xi, depth, width, seed=5):
+    out = _packed(w, w0, xi, depth, width, seed)
+    assert not out.isnan().any(), "an output element was not written"
+    sq, dot, sk = R.drift_state(w, w0, xi, depth, width, seed)
+    assert out[0].item() == pytest.approx(sq, rel=1e-12, abs=1e-300)
+    if xi is None:
+        assert out[1].item() == 0.0
+    else:
+        assert abs(out[1].item() - dot) <= 1e-12 * float((w - w0).abs().double().sum()) + 1e-300
+    if depth:
+        gpu = out[2:].view(depth, width)
+        assert torch.equal(gpu.float().double(), gpu)  # float32 values
+        tol = _tolerance(w - w0, depth, width, seed, sk)
+        err = (gpu - sk.double()).abs()
+        assert bool((err <= tol).all()), f"max err/tol {float((err / tol).max()):.3g}"
+    return out
+
+
+@pytest.mark.parametrize("d", [0, 1, 4095, 4097, 61_706, 1_000_003])
+@pytest.mark.parametrize("depth,width", [(0, 0), (1, 1), (5, 250), (3, 1023), (8, 64)])
+@pytest.mark.parametrize("with_xi", [True, False])
+def test_matches_reference_within_documented_tolerance(d, depth, width, with_xi):
+    w, w0, xi = _vectors(d, depth + width)
+    _check_against_reference(w, w0, xi if with_xi else None, depth, width)
+
+
+@pytest.mark.parametrize("depth,width", [(10, 2000), (3, 2000), (20, 4000)])
+def test_large_sketches_shared_memory_opt_in_and_row_groups(depth, width):
+    """Tables of 16 bytes per entry and row: width 2000 needs 32 KB a row, so 3 rows (96 KB) or
+    7 rows (224 KB) per launch use the opt-in shared memory above 48 KB; depth 10 and 20 need
+    several launches (row groups)."""
+    w, w0, xi = _vectors(300_001, depth)
+    _check_against_reference(w, w0, xi, depth, width)
+
+
+def test_norms_do_not_depend_on_the_sketch():
+    w, w0, xi = _vectors(2_000_003, 1)
+    outs = [_packed(w, w0, xi, dep, wid) for dep, wid in [(0, 0), (5, 250), (10, 2000)]]
+    for o in outs[1:]:
+        assert torch.equal(o[:2], outs[0][:2])
+
+
+@pytest.mark.parametrize("depth,width", [(0, 0), (5, 250), (10, 2000)])
+def test_bits_identical_across_runs_and_grid_sizes(monkeypatch, depth, width):
+    w, w0, xi = _vectors(3_000_017, 2)
+    monkeypatch.delenv("FDA_CUDA_GRID", raising=False)
+    first = _packed(w, w0, xi, depth, width)
+    for _ in range(3):
+        assert torch.equal(_packed(w, w0, xi, depth, width), first)
+    for grid in (1, 2, 3, 7, 64, 131, 1000, 100_000):
+        monkeypatch.setenv("FDA_CUDA_GRID", str(grid))
+        assert torch.equal(_packed(w, w0, xi, depth, width), first), f"FDA_CUDA_GRID={grid}"
+
+
+def test_offset_views_give_the_same_bits():
+    d = 1_000_003
+    w, w0, xi = _vectors(d, 3)
+    ref = _packed(w, w0, xi, 5, 250)
+    for off in (1, 2, 3, 5):
+        big = torch.empty(3 * (d + off), device="cuda")
+        wv, w0v, xv = (big[k * (d + off) + off:(k + 1) * (d + off)] for k in range(3))
+        wv.copy_(w)
+        w0v.copy_(w0)
+        xv.copy_(xi)
+        assert wv.is_contiguous() and wv.storage_offset() % 4 != 0  # not 16-byte aligned
+        assert torch.equal(_packed(wv, w0v, xv, 5, 250), ref)
+
+
+def test_runs_on_the_current_stream():
+    """Inputs written on a side stream after a long sleep: the op must wait for them, i.e. run on
+    that (current) stream, not the default one."""
+    d = 1_000_003
+    w, w0, xi = _vectors(d, 4)
+    ref = _packed(w, w0, xi, 5, 250)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        wl, w0l, xil = torch.zeros_like(w), torch.zeros_like(w0), torch.zeros_like(xi)
+        out = torch.full_like(ref, float("nan"))
+        torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU time on this stream
+        wl.copy_(w)
+        w0l.copy_(w0)
+        xil.copy_(xi)
+        torch.ops.fda.drift_state_out(wl, w0l, xil, 5, 250, 5, out)
+    s.synchronize()
+    assert torch.equal(out, ref)
+
+
+def test_out_variant_allocates_nothing_and_never_syncs():
+    """drift_state_out can be captured in a CUDA graph (any host synchronisation or cudaMalloc
+    during capture would fail it) and replays to the same bits as drift_state."""
+    w, w0, xi = _vectors(500_001, 6)
+    stats, sk = torch.ops.fda.drift_state(w, w0, xi, 5, 250, 5)
+    out = torch.full((2 + 5 * 250,), float("nan"), dtype=torch.float64, device="cuda")
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm-up (occupancy and shared-memory attributes are cached)
+        torch.ops.fda.drift_state_out(w, w0, xi, 5, 250, 5, out)
+    torch.cuda.current_stream().wait_stream(s)
+    out.fill_(float("nan"))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        torch.ops.fda.drift_state_out(w, w0, xi, 5, 250, 5, out)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out[:2], stats)
+    assert torch.equal(out[2:], sk.reshape(-1).double())
+
+
+def test_cuda_matches_cpu_bitwise_on_integer_data():
+    w, w0, _ = _vectors(1_000_000, 7, device="cpu", integer=True)
+    c = torch.ops.fda.drift_state(w, w0, None, 7, 1000, 3)
+    g = torch.ops.fda.drift_state(w.cuda(), w0.cuda(), None, 7, 1000, 3)
+    assert torch.equal(g[0].cpu(), c[0]) and torch.equal(g[1].cpu(), c[1])
+
+
+def test_non_finite_terms_propagate_like_the_reference():
+    w, w0, xi = _vectors(100_000, 8)
+    w[17] = float("inf")
+    w[40_000] = float("-inf")
+    w[99_999] = float("nan")
+    out = _packed(w, w0, xi, 5, 250)
+    sq, dot, sk = R.drift_state(w, w0, xi, 5, 250, 5)
+    gpu = out[2:].view(5, 250).float()
+    assert torch.equal(gpu.isnan(), sk.isnan())
+    assert torch.equal(gpu.isinf() & (gpu > 0), sk.isinf() & (sk > 0))
+    assert torch.equal(gpu.isinf() & (gpu < 0), sk.isinf() & (sk < 0))
+    assert bool(gpu.isfinite().sum() > 1000)  # only the touched buckets
+    assert out[0].isnan().item()
+
+
+def test_rejects_a_buffer_on_another_device_and_too_wide_sketches():
+    x = torch.zeros(10, device="cuda")
+    with pytest.raises(RuntimeError, match="is on"):
+        torch.ops.fda.drift_state_out(x, x, None, 2, 3, 0, torch.zeros(8, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="too large for this GPU's shared memory"):
+        torch.ops.fda.drift_state_out(x, x, None, 1, 1 << 20, 0,
+                                      torch.zeros(2 + (1 << 20), dtype=torch.float64, device="cuda"))
+
+
+def test_profiling_variants_run():
+    w, w0, _ = _vectors(100_000, 9)
+    for mode in (1, 2):
+        stats, sk = torch.ops.fda._drift_state_profile(w, w0, 5, 250, 1, mode)
+        assert sk.shape == (5, 250) and stats.shape == (2,)
+    with pytest.raises(RuntimeError, match="depth must be 5"):
+        torch.ops.fda._drift_state_profile(w, w0, 3, 250, 1, 1)
+
+
+def test_facade_uses_the_cuda_kernel():
+    assert K._native_has(torch.device("cuda"), OP), "libfda_kernels.so was built without its CUDA kernel"
