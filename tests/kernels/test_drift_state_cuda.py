@@ -1,45 +1,29 @@
 """GPU tests of the CUDA drift-state kernel (csrc/drift_state_cuda.cu); skipped without a GPU.
 
-Documented tolerance (GPU against the exact sketch, the float64 reference rounded to float32), per
-bucket b of a row, with A_b = sum of |u_i| over the bucket's elements and L1(c) the L1 norm of u
-over element i's chunk c (4096 consecutive indices):
-
-    |gpu_b - ref_b| <= 2^-30 * sum_{i in b} L1(c(i))  +  2^-24 * A_b  +  2^-23 * |ref_b|
-
-(quantisation to the chunk's fixed-point grid; float32 rounding of the unit partials; the final
-rounding of both results).  Squared norm and dot are float64 sums in a different order than the
-reference: relative 1e-12.  Against the CPU kernel (float32 accumulation) the looser tolerance of
-tests/kernels/test_drift_state.py applies; on data whose partial sums are exact (small integers)
-GPU and CPU agree bit for bit.  The GPU results are bit-reproducible: the same on every run, for
-every grid size (FDA_CUDA_GRID), stream and memory offset.
+The documented tolerance against the reference and the shared checks are in cuda_checks.py (the
+same checks run the kernel's source on the CPU, under emulation, in
+test_drift_state_cuda_emulated.py).  Against the CPU kernel (float32 accumulation) the looser
+tolerance of test_drift_state.py applies; on data whose partial sums are exact (small integers) GPU
+and CPU agree bit for bit.  The GPU results are bit-reproducible: the same on every run, for every
+grid size (FDA_CUDA_GRID), stream and memory offset.
 """
 
 from __future__ import annotations
 
-import torch
 import pytest
+import torch
 
 import fda.kernels as K
 from fda.kernels import reference as R
+from cuda_checks import check_against_reference
+from cuda_checks import vectors as _cpu_vectors
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA GPU (torch.cuda.is_available() is False)")
 
-CHUNK = 4096
-OP = "drift_state_out"
-
 
 def _vectors(d, seed, device="cuda", integer=False):
-    g = torch.Generator().manual_seed(4321 + seed + 13 * d)
-    if integer:
-        w = torch.randint(-3, 4, (d,), generator=g).float()
-        w0 = torch.zeros(d)
-    else:
-        w = torch.randn(d, generator=g)
-        w0 = w + 1e-2 * torch.randn(d, generator=g) * torch.rand(d, generator=g).pow(4)  # uneven sizes
-    xi = torch.randn(d, generator=g)
-    xi /= xi.norm().clamp_min(1e-30)
-    return w.to(device), w0.to(device), xi.to(device)
+    return _cpu_vectors(d, seed, device=device, integer=integer)
 
 
 def _packed(w, w0, xi, depth, width, seed=5):
@@ -48,38 +32,8 @@ def _packed(w, w0, xi, depth, width, seed=5):
     return out
 
 
-def _tolerance(u, depth, width, seed, ref):
-    """The documented per-bucket bound (see the module docstring), [depth, width] float64."""
-    d = u.numel()
-    u64 = u.double()
-    chunk_l1 = torch.zeros((d + CHUNK - 1) // CHUNK, dtype=torch.float64, device=u.device)
-    chunk_l1.index_add_(0, torch.arange(d, device=u.device) // CHUNK, u64.abs())
-    l1_of_i = chunk_l1[torch.arange(d, device=u.device) // CHUNK]
-    buckets, _ = R.hash_rows(torch.arange(d, device=u.device), K.hash_coefficients(seed, depth), width)
-    quant = torch.zeros(depth, width, dtype=torch.float64, device=u.device)
-    mass = torch.zeros(depth, width, dtype=torch.float64, device=u.device)
-    for r in range(depth):
-        quant[r].index_add_(0, buckets[r], l1_of_i)
-        mass[r].index_add_(0, buckets[r], u64.abs())
-    return 2.0**-30 * quant + 2.0**-24 * mass + 2.0**-23 * ref.double().abs() + 1e-300
-
-
 def _check_against_reference(w, w0, xi, depth, width, seed=5):
-    out = _packed(w, w0, xi, depth, width, seed)
-    assert not out.isnan().any(), "an output element was not written"
-    sq, dot, sk = R.drift_state(w, w0, xi, depth, width, seed)
-    assert out[0].item() == pytest.approx(sq, rel=1e-12, abs=1e-300)
-    if xi is None:
-        assert out[1].item() == 0.0
-    else:
-        assert abs(out[1].item() - dot) <= 1e-12 * float((w - w0).abs().double().sum()) + 1e-300
-    if depth:
-        gpu = out[2:].view(depth, width)
-        assert torch.equal(gpu.float().double(), gpu)  # float32 values
-        tol = _tolerance(w - w0, depth, width, seed, sk)
-        err = (gpu - sk.double()).abs()
-        assert bool((err <= tol).all()), f"max err/tol {float((err / tol).max()):.3g}"
-    return out
+    return check_against_reference(_packed, w, w0, xi, depth, width, seed)
 
 
 @pytest.mark.parametrize("d", [0, 1, 4095, 4097, 61_706, 1_000_003])
@@ -214,4 +168,4 @@ def test_profiling_variants_run():
 
 
 def test_facade_uses_the_cuda_kernel():
-    assert K._native_has(torch.device("cuda"), OP), "libfda_kernels.so was built without its CUDA kernel"
+    assert K._native_has(torch.device("cuda"), "drift_state_out"), "libfda_kernels.so was built without CUDA"

@@ -47,6 +47,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -57,7 +58,11 @@
 namespace fda {
 namespace {
 
-// Tuning knobs (compile time; every setting is bit-reproducible, but results differ between settings)
+// Knobs (compile time; every setting is bit-reproducible, but results differ between settings;
+// tests/kernels/test_drift_state_cuda_emulated.py also builds small tiles and units)
+#ifndef FDA_CUDA_MAX_TILES_LOG2
+#define FDA_CUDA_MAX_TILES_LOG2 11
+#endif
 #ifndef FDA_CUDA_PER_THREAD
 #define FDA_CUDA_PER_THREAD 16
 #endif
@@ -72,7 +77,7 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kPerThread = FDA_CUDA_PER_THREAD;
 constexpr int64_t kChunk = int64_t(kThreads) * kPerThread;  // 4096
-constexpr int64_t kMaxTiles = 2048;                         // norm partials at most
+constexpr int64_t kMaxTiles = int64_t(1) << FDA_CUDA_MAX_TILES_LOG2;  // norm partials at most
 constexpr int64_t kUnitBudget = int64_t(1) << FDA_CUDA_UNIT_BUDGET_LOG2;  // floats of unit partials
 constexpr int kMaxRows = 8;                                 // rows per launch (registers)
 constexpr int kFinCols = 32, kFinSlices = 32;               // finalize block: 32 x 32 threads
