@@ -45,11 +45,11 @@ native:
 # the clone, with nothing but CUDA_HOME: no extra include paths (the op includes only c10/cuda
 # headers).  Then checks that the library links the CUDA runtime dynamically (libcudart.so NEEDED,
 # no cudart_static code inside) and, with cuobjdump (shipped with torch's triton), that it holds
-# sm_80 and sm_90 machine code.
+# sm_80 and sm_90 machine code and compute_90 PTX (TORCH_CUDA_ARCH_LIST's "9.0+PTX").
 CUDA_CHECK_HOME ?= /usr/local/cuda-13.0
 CUDA_CHECK_VENV ?= $(HOME)/.cache/fda/cuda-venv
 CUDA_CHECK_TORCH ?= torch==2.14.1
-CUDA_CHECK_ARCHS ?= 8.0;9.0
+CUDA_CHECK_ARCHS ?= 8.0;9.0+PTX
 CUDA_CHECK_BUILD := build/cuda-check
 cuda-check:
 	@set -e; \
@@ -81,8 +81,9 @@ cuda-check:
 	if [ -x "$$cuobjdump" ]; then \
 	  elfs=$$($$cuobjdump --list-elf $$lib); echo "$$elfs"; \
 	  for sm in sm_80 sm_90; do echo "$$elfs" | grep -q "$$sm" || { echo "cuda-check: FAIL -- no $$sm code"; exit 1; }; done; \
+	  $$cuobjdump --list-ptx $$lib | grep -q compute_90 || { echo "cuda-check: FAIL -- no compute_90 PTX (9.0+PTX)"; exit 1; }; \
 	else echo "cuda-check: (no cuobjdump found: architectures not listed)"; fi; \
-	echo "cuda-check: OK -- the extension with the CUDA kernel ($$lib) compiles for sm_80 and sm_90 and links libcudart.so dynamically; not run (no GPU here)"
+	echo "cuda-check: OK -- the extension with the CUDA kernel ($$lib) compiles for sm_80 and sm_90 (+ compute_90 PTX) and links libcudart.so dynamically; not run (no GPU here)"
 
 # The torchvision models (DenseNet121/201, ConvNeXt-Large) cannot run beside the CPU torch of
 # .venv; torch 2.14.1 + torchvision 0.29.1 can (the cuda-check venv, on the CPU): their parameter
