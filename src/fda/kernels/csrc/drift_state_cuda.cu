@@ -126,7 +126,7 @@ __device__ __forceinline__ double block_sum_all(double v, double* red) {
 }
 
 // mode: 0 = the op, 1 = hashing without the scatter, 2 = scatter without hashing (bench only).
-template <int NR, bool kDot, int kMode>
+template <int NR, int kMode>
 __global__ void __launch_bounds__(kThreads, FDA_CUDA_MIN_BLOCKS) drift_state_kernel(const Params p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t m = p.width;
@@ -170,6 +170,7 @@ __global__ void __launch_bounds__(kThreads, FDA_CUDA_MIN_BLOCKS) drift_state_ker
   }
   __syncthreads();
 
+  const bool dot = p.norms && p.xi != nullptr;  // uniform: xi's loads and products
   double sq = 0.0, dt = 0.0;
   double prev_scale = 0.0;  // 2^-s of the previous chunk (its table is flushed in this one)
   uint32_t sink = 0;        // mode 1: keeps the hashes alive
@@ -187,7 +188,7 @@ __global__ void __launch_bounds__(kThreads, FDA_CUDA_MIN_BLOCKS) drift_state_ker
       const bool in = x < p.d;
       u[j] = in ? __ldg(p.w + x) : 0.0f;
       v0[j] = in ? __ldg(p.w0 + x) : 0.0f;
-      if constexpr (kDot) xv[j] = (in && p.norms) ? __ldg(p.xi + x) : 0.0f;
+      xv[j] = (in && dot) ? __ldg(p.xi + x) : 0.0f;
     }
 #pragma unroll
     for (int j = 0; j < kPerThread; ++j) u[j] = u[j] - v0[j];
@@ -196,7 +197,7 @@ __global__ void __launch_bounds__(kThreads, FDA_CUDA_MIN_BLOCKS) drift_state_ker
       for (int j = 0; j < kPerThread; ++j) {
         const double ud = static_cast<double>(u[j]);
         sq += ud * ud;
-        if constexpr (kDot) dt += static_cast<double>(xv[j]) * ud;
+        if (dot) dt += static_cast<double>(xv[j]) * ud;
       }
     }
 
@@ -294,7 +295,7 @@ __global__ void __launch_bounds__(kThreads, FDA_CUDA_MIN_BLOCKS) drift_state_ker
     if (p.norms && ((c + 1) % p.chunks_per_tile == 0 || c + 1 == p.n_chunks)) {
       for (int off = 16; off > 0; off >>= 1) {
         sq += __shfl_down_sync(0xffffffffu, sq, off);
-        if constexpr (kDot) dt += __shfl_down_sync(0xffffffffu, dt, off);
+        dt += __shfl_down_sync(0xffffffffu, dt, off);
       }
       if ((threadIdx.x & 31) == 0) {
         red_sq[threadIdx.x >> 5] = sq;
@@ -430,9 +431,9 @@ int64_t forced_grid() {
   return v > 0 ? v : 0;
 }
 
-template <int NR, bool kDot, int kMode>
+template <int NR, int kMode>
 cudaError_t launch_pass(const Params& p, cudaStream_t stream) {
-  const void* kern = reinterpret_cast<const void*>(&drift_state_kernel<NR, kDot, kMode>);
+  const void* kern = reinterpret_cast<const void*>(&drift_state_kernel<NR, kMode>);
   const size_t smem = table_bytes(NR, p.width);
   cudaError_t err = cudaSuccess;
   int per_sm = blocks_per_sm(kern, smem, &err);
@@ -450,31 +451,26 @@ cudaError_t launch_pass(const Params& p, cudaStream_t stream) {
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   // the launch's own status (not an earlier asynchronous error, as cudaGetLastError could be)
-  return cudaLaunchKernelEx(&cfg, drift_state_kernel<NR, kDot, kMode>, p);
+  return cudaLaunchKernelEx(&cfg, drift_state_kernel<NR, kMode>, p);
 }
 
-template <bool kDot>
-cudaError_t launch_rows(int nr, const Params& p, cudaStream_t stream) {
-  switch (nr) {
-    case 0: return launch_pass<0, kDot, 0>(p, stream);  // norms only
-    case 1: return launch_pass<1, kDot, 0>(p, stream);
-    case 2: return launch_pass<2, kDot, 0>(p, stream);
-    case 3: return launch_pass<3, kDot, 0>(p, stream);
-    case 4: return launch_pass<4, kDot, 0>(p, stream);
-    case 5: return launch_pass<5, kDot, 0>(p, stream);
-    case 6: return launch_pass<6, kDot, 0>(p, stream);
-    case 7: return launch_pass<7, kDot, 0>(p, stream);
-    case 8: return launch_pass<8, kDot, 0>(p, stream);
-    default: return cudaErrorInvalidValue;
-  }
-}
-
-cudaError_t launch_any(int nr, bool dot, int mode, const Params& p, cudaStream_t stream) {
+cudaError_t launch_any(int nr, int mode, const Params& p, cudaStream_t stream) {
   if (mode != 0) {  // profiling variants: l = 5 only (compile time)
     if (nr != kProfileRows) return cudaErrorInvalidValue;
-    return mode == 1 ? launch_pass<kProfileRows, false, 1>(p, stream) : launch_pass<kProfileRows, false, 2>(p, stream);
+    return mode == 1 ? launch_pass<kProfileRows, 1>(p, stream) : launch_pass<kProfileRows, 2>(p, stream);
   }
-  return dot ? launch_rows<true>(nr, p, stream) : launch_rows<false>(nr, p, stream);
+  switch (nr) {
+    case 0: return launch_pass<0, 0>(p, stream);  // norms only
+    case 1: return launch_pass<1, 0>(p, stream);
+    case 2: return launch_pass<2, 0>(p, stream);
+    case 3: return launch_pass<3, 0>(p, stream);
+    case 4: return launch_pass<4, 0>(p, stream);
+    case 5: return launch_pass<5, 0>(p, stream);
+    case 6: return launch_pass<6, 0>(p, stream);
+    case 7: return launch_pass<7, 0>(p, stream);
+    case 8: return launch_pass<8, 0>(p, stream);
+    default: return cudaErrorInvalidValue;
+  }
 }
 
 int rows_per_launch(uint32_t width, int smem_optin) {
@@ -535,7 +531,7 @@ cudaError_t launch_drift_state_cuda(const float* w, const float* w0, const float
       const uint64_t h3 = (uint64_t(kThreads) * kThreads * kThreads) % hash::kPrime;
       p.d3[r] = hash::mod_p(uint64_t(hash::mod_p(6ull * p.a[r][3])) * h3);
     }
-    err = launch_any(nr, xi != nullptr, mode, p, stream);
+    err = launch_any(nr, mode, p, stream);
     if (err != cudaSuccess) return err;
     row0 += nr;
   } while (row0 < depth);
