@@ -22,6 +22,12 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA GPU (torch.cuda.is_available() is False)")
 
 
+@pytest.fixture(autouse=True)
+def _native_loaded():
+    """torch.ops.fda exists once the facade has loaded libfda_kernels.so."""
+    assert K.backend() == "native", f"the native op is not loaded: {K._native_state['error']}"
+
+
 def _vectors(d, seed, device="cuda", integer=False):
     return _cpu_vectors(d, seed, device=device, integer=integer)
 

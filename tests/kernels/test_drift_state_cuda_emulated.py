@@ -89,7 +89,7 @@ def _runner(dll, mode=0):
     return run
 
 
-@pytest.mark.parametrize("d", [0, 1, 4095, 4097, 61_706, 250_003])
+@pytest.mark.parametrize("d", [0, 1, 4097, 61_706, 150_001])
 @pytest.mark.parametrize("depth,width", [(0, 0), (1, 1), (5, 250), (3, 1023), (8, 64)])
 def test_matches_reference_within_documented_tolerance(emu, d, depth, width):
     w, w0, xi = vectors(d, depth + width)
@@ -98,7 +98,7 @@ def test_matches_reference_within_documented_tolerance(emu, d, depth, width):
 
 @pytest.mark.parametrize("depth,width", [(0, 0), (5, 250), (3, 1023)])
 def test_small_tiles_and_units_match_reference(emu_small, depth, width):
-    w, w0, xi = vectors(250_003, depth)  # 62 chunks: tiles of 8 chunks, units of 3 tiles
+    w, w0, xi = vectors(150_001, depth)  # 37 chunks: tiles of 5 chunks, units of 3 tiles
     check_against_reference(_runner(emu_small), w, w0, xi, depth, width)
 
 
@@ -110,15 +110,16 @@ def test_seeds_give_the_reference_hashes(emu, seed):
     assert torch.equal(out[2:], sk.reshape(-1).double())  # integer data: exact, so equal to the CPU's
 
 
-@pytest.mark.parametrize("depth,width", [(10, 2000), (20, 4000)])
+@pytest.mark.parametrize("depth,width", [(10, 2000), (20, 1500)])
 def test_row_groups_and_devices_give_the_same_bits(emu, depth, width):
     """Width 2000 needs 32 KB of shared memory a row: 7 rows a launch on an H100 (227 KB opt-in),
-    5 on an A100 (163 KB); 4000: 3 and 2.  The bits must not depend on the device."""
+    5 on an A100 (163 KB), 3 on a 99 KB GPU; width 1500 (24 KB a row): 8, 6 and 4 rows.  The bits
+    must not depend on the device."""
     w, w0, xi = vectors(20_001, depth)
     h100 = check_against_reference(_runner(emu), w, w0, xi, depth, width)
     try:
         a100 = _runner(_device(emu, 108, 163 * 1024, 3))(w, w0, xi, depth, width, 5)
-        small = _runner(_device(emu, 16, 99 * 1024, 1))(w, w0, xi, depth, width, 5)  # 3 rows / 1 row
+        small = _runner(_device(emu, 16, 99 * 1024, 1))(w, w0, xi, depth, width, 5)
     finally:
         _device(emu)
     assert torch.equal(a100, h100) and torch.equal(small, h100)

@@ -28,8 +28,9 @@
 //  L1_chunk * 2^-30; per bucket and chunk at most (terms of the chunk in the bucket) times that;
 //  plus float32 rounding of each unit partial and of the result.  In practice ~1e-6 of the
 //  bucket's magnitude (a few float32 ulps more than a float32 accumulation); exact on data whose
-//  chunk sums are exact (e.g. small integers).  Non-finite u (inf, NaN) are added separately in
-//  float64 (inf/NaN results do not depend on the order either).
+//  chunk sums are exact (e.g. small integers); the bound is tested in tests/kernels/cuda_checks.py.
+//  Non-finite u (inf, NaN) are added separately in float64 (inf/NaN results do not depend on the
+//  order either).
 //
 // FAST (target: <= 2x the time to read w and w0 once, l = 5, m = 250):
 //  * hashes by forward differences: thread t's indices form one arithmetic progression with step
@@ -39,9 +40,12 @@
 //  * int32 shared-memory atomics, two chunk tables used alternately so that one __syncthreads
 //    per chunk suffices (the chunk's L1 reduction) and the flush of the previous chunk overlaps.
 //  * grid from the occupancy API (FDA_CUDA_GRID=N forces N blocks: tests check the bits do not
-//    change); sketches too large for shared memory are done in row groups (one launch per group,
-//    each re-reads w and w0), never with global atomics.
+//    change); more than 8 rows, or more than fit in shared memory (16 bytes per entry), are done
+//    in row groups (one launch per group, each re-reads w and w0), never with global atomics.
 //  * coalesced 4-byte loads, 16 per array and thread issued before their first use.
+//  sm_90 SASS (nvcc 13.0, l = 5): 128 registers, no local memory, native ATOMS.ADD; a modular add
+//  is IMAD.IADD + VIADDMNMX, about 12.5 instructions per element and row in all.  Not yet timed
+//  on a GPU (none was available when this was written): bench/kernel.py --device cuda.
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
