@@ -96,6 +96,26 @@ def test_settings_are_the_cli_config(solo_ctx):
     sync.close()
 
 
+def test_sketch_hashes_are_fresh_at_every_check(solo_ctx, monkeypatch):
+    """The kernel gets the seed of (seed, step) at each check: every rank derives the same one."""
+    from fda.monitor.sketch import check_seed
+    seeds, real = [], fda.kernels.drift_state_out
+
+    def spy(*args, **kw):
+        seeds.append(kw.get("seed"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(fda.kernels, "drift_state_out", spy)
+    model = torch.nn.Linear(3, 2)
+    sync = fda.Synchronizer(model, solo_ctx, strategy="fda", monitor="sketch", theta=1e9, seed=5, check_every=2)
+    for _ in range(6):
+        with torch.no_grad():
+            model.weight.add_(0.01)
+        sync.step()
+    sync.close()
+    assert seeds == [check_seed(5, step) for step in (2, 4, 6)]
+
+
 def test_shard_iteration_semantics(solo_ctx):
     n, bs = 103, 8
     ds = torch.utils.data.TensorDataset(torch.arange(n).float().unsqueeze(1), torch.arange(n))

@@ -142,7 +142,7 @@ def test_same_seed_same_log(ctx, shared_dir):
 @pytest.mark.parametrize("monitor", ["naive", "linear", "sketch"])
 def test_audit_bound_holds(ctx, shared_dir, monitor):
     out = shared_dir / f"audit-{monitor}"
-    run(ctx, out, strategy="fda", monitor=monitor, theta=0.05, audit=True, max_steps=80)
+    summary = run(ctx, out, strategy="fda", monitor=monitor, theta=0.05, audit=True, max_steps=80)
     got = read_steps(out)
     if got is None:
         return
@@ -150,6 +150,9 @@ def test_audit_bound_holds(ctx, shared_dir, monitor):
     bound, exact = steps["var_bound"], steps["var_exact"]
     assert np.all(np.isfinite(exact)) and np.all(exact >= -1e-9)
     holds = bound >= exact - 1e-6 * np.maximum(1.0, np.abs(exact))
+    assert summary["audited_checks"] == 80 and summary["bound_holds"] == pytest.approx(holds.mean())
+    assert summary["median_bound_over_var"] >= (0.9 if monitor == "sketch" else 1.0)
+    assert "H >= Var at" in train.format_summary(summary)
     if monitor == "sketch":
         assert holds.mean() >= 0.95, holds.mean()
     else:

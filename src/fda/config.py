@@ -70,6 +70,8 @@ class Config(BaseModel):
     check_every: int = Field(1, ge=1)
     sketch_depth: int = Field(5, ge=1)
     sketch_width: int = Field(250, ge=1)
+    sketch_correction: Literal["delta", "paper"] = "delta"
+    sketch_delta: float = 0.01  # failure probability per check (sketch_correction=delta)
     server_optimizer: Literal[OUTER_OPTIMIZERS] | None = None  # type: ignore[valid-type]
     server_lr: float | None = Field(None, gt=0.0)
     server_momentum: float = Field(0.9, ge=0.0, lt=1.0)
@@ -111,6 +113,13 @@ class Config(BaseModel):
         if math.isnan(value) or value < 0 or math.isinf(value):
             raise ValueError("must be a finite number >= 0 or 'auto'")
         return value
+
+    @field_validator("sketch_delta", mode="after")
+    @classmethod
+    def _probability(cls, v: float) -> float:
+        if not 0.0 < v < 0.5:  # also refuses NaN
+            raise ValueError("must be a failure probability in (0, 0.5), e.g. 0.01")
+        return v
 
     @field_validator("gpu_aware_mpi", mode="before")
     @classmethod

@@ -284,10 +284,10 @@ class Synchronizer:
         """This rank's state into `out`: its hosted workers' states, summed (or MAX for per-worker monitors)."""
         mon = self.monitor
         states = []
+        seed = mon.sketch_seed(self.step_count)  # fresh hashes at every check, the same on every rank
         for w in self.workers:
             drift = kernels.drift_state_out(w.params, self.w0, self._kernel_out, xi=self.xi if mon.uses_xi else None,
-                                            sketch_depth=mon.sketch_depth, sketch_width=mon.sketch_width,
-                                            seed=self.cfg.seed)
+                                            sketch_depth=mon.sketch_depth, sketch_width=mon.sketch_width, seed=seed)
             state = mon.local_state(drift)
             states.append(state.clone() if len(self.workers) > 1 else state)  # the kernel reuses its output
         if mon.reduce_op == "sum":

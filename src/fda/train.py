@@ -30,7 +30,9 @@ from fda.collectives import check_compression
 from fda.config import Config, ConfigError
 from fda.context import Context, steps_per_epoch
 from fda.data import DatasetError, ShardLoader, load_dataset, partition
+from fda.h5log import open_log
 from fda.models import ModelError, build_model
+from fda.monitor import bound_audit
 from fda.synchronizer import CollectiveError, Synchronizer
 
 
@@ -195,6 +197,9 @@ def _run(cfg: Config, out: Path, ctx: Context, *, resume: bool, overwrite: bool,
     summary = sync.close()
     summary["final_test_acc"], summary["final_test_loss"] = sync.last_eval
     summary["out"] = str(out)
+    if cfg.audit and ctx.is_root:  # from the log: it holds every step, also those before a resume
+        with open_log(out) as f:
+            summary.update(bound_audit(f["steps"]["var_bound"][()], f["steps"]["var_exact"][()]))
     return summary
 
 
@@ -206,7 +211,9 @@ def format_summary(s: dict) -> str:
             f"steps {s['steps']} | syncs {s['syncs']} | {s['comm_gb']:.4f} GB communicated{as_float32} "
             f"(Synchronous would send {s['synchronous_gb']:.3f} GB, {ratio:.1f}x more) | "
             f"wall {wall:.1f} s: compute {s['time_compute_s']:.1f} / monitor {s['time_monitor_s']:.1f} / "
-            f"comm {s['time_comm_s']:.1f} | kernel {s['state_kernel']} | log {s['out']}/metrics.h5")
+            f"comm {s['time_comm_s']:.1f} | kernel {s['state_kernel']} | log {s['out']}/metrics.h5"
+            + (f" | audit: H >= Var at {100 * s['bound_holds']:.1f}% of {s['audited_checks']} checks, "
+               f"median H/Var {s['median_bound_over_var']:.3f}" if "bound_holds" in s else ""))
 
 
 __all__ = ["run", "local_step", "evaluate", "make_optimizer", "format_summary", "DatasetError"]

@@ -10,24 +10,25 @@ reduced with MAX), which bounds each worker's drift rather than the variance.
 
 The registry lives here, not in `base` (which its subclasses import): `make_monitor` builds one by name.
 """
-from fda.monitor.base import Monitor, exact_variance
+from fda.monitor.base import Monitor, bound_audit, exact_variance
 from fda.monitor.linear import LinearMonitor
 from fda.monitor.naive import NaiveMonitor
 from fda.monitor.per_worker import PerWorkerMonitor
-from fda.monitor.sketch import SketchMonitor
+from fda.monitor.sketch import DEFAULT_DELTA, SketchMonitor
 
 MONITORS = {"naive": NaiveMonitor, "linear": LinearMonitor, "sketch": SketchMonitor,
             "per_worker": PerWorkerMonitor}
 
 
-def make_monitor(name: str, *, sketch_depth: int = 5, sketch_width: int = 250, seed: int = 0) -> Monitor:
+def make_monitor(name: str, *, sketch_depth: int = 5, sketch_width: int = 250, seed: int = 0,
+                 sketch_correction: str = "delta", sketch_delta: float = DEFAULT_DELTA) -> Monitor:
     """The monitor called `name`; the sketch settings matter only for 'sketch'."""
     if name not in MONITORS:
         raise ValueError(f"unknown monitor '{name}' ({', '.join(MONITORS)})")
     if name == "sketch":
-        return SketchMonitor(sketch_depth, sketch_width, seed)
+        return SketchMonitor(sketch_depth, sketch_width, seed, correction=sketch_correction, delta=sketch_delta)
     return MONITORS[name]()
 
 
 __all__ = ["Monitor", "NaiveMonitor", "LinearMonitor", "SketchMonitor", "PerWorkerMonitor",
-           "MONITORS", "make_monitor", "exact_variance"]
+           "MONITORS", "make_monitor", "exact_variance", "bound_audit"]

@@ -34,7 +34,7 @@ class FDA(Strategy):
         return (not math.isnan(bound)) and (bound > self._theta or self._theta == 0.0)
 
     def describe(self) -> str:
-        return f"{self.name}(monitor={self.monitor.name}, theta={self._theta:g}, check_every={self.check_every})"
+        return f"{self.name}(monitor={self.monitor.describe()}, theta={self._theta:g}, check_every={self.check_every})"
 
 
 class FDAOpt(FDA):
@@ -73,4 +73,4 @@ class FDAOpt(FDA):
         self._theta = float(state["theta"])
 
     def describe(self) -> str:
-        return f"fda_opt(monitor={self.monitor.name}, max_epochs={self.max_epochs}, theta=auto per round)"
+        return f"fda_opt(monitor={self.monitor.describe()}, max_epochs={self.max_epochs}, theta=auto per round)"

@@ -27,7 +27,7 @@ class _Build:
     def monitor(self, name: str | None = None) -> Monitor:
         cfg = self.cfg
         return make_monitor(name or cfg.monitor, sketch_depth=cfg.sketch_depth, sketch_width=cfg.sketch_width,
-                            seed=cfg.seed)
+                            seed=cfg.seed, sketch_correction=cfg.sketch_correction, sketch_delta=cfg.sketch_delta)
 
     def theta(self) -> float:
         return self.cfg.theta_for(self.num_params)
