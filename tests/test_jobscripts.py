@@ -60,9 +60,21 @@ def _tools(tmp: Path) -> Path:
     return bin_dir
 
 
+def _control_flow(name: str) -> list[str]:
+    """The script's lines after its preflight, with its srun invocation generalised."""
+    text = (REPO / "jobscripts" / name).read_text().replace('"${SRUN[@]}"', "srun")
+    return text[text.index("TRAIN=("):].splitlines()
+
+
+def test_both_slurm_scripts_warn_requeue_and_resume_alike():
+    assert _control_flow("slurm_single_node.sbatch") == _control_flow("slurm_multi_node.sbatch")
+    for name in ("slurm_single_node.sbatch", "slurm_multi_node.sbatch"):
+        assert "#SBATCH --signal=USR1@" in (REPO / "jobscripts" / name).read_text()
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["slurm_single_node.sbatch", "slurm_multi_node.sbatch"])
-def test_time_limit_warning_checkpoints_requeues_and_resumes(tmp_path, name):
+def test_time_limit_warning_checkpoints_requeues_and_resumes(tmp_path):
+    name = "slurm_multi_node.sbatch"  # the single-node script runs the same lines (test above)
     out = tmp_path / "run"
     script, bin_dir = _script(name, out, tmp_path), _tools(tmp_path)
     env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
