@@ -12,13 +12,16 @@
 #             and uses that many torch threads (empty BIND: cores / NP).
 #   CONFIG    the run's YAML settings file.
 #   OUT       the run directory (log, checkpoints, config).
-#   EXTRA     KEY=VALUE overrides; checkpoint_every (steps) lets a crashed run resume.
+#   EXTRA     KEY=VALUE overrides; checkpoint_every (steps) bounds what a crash loses; stall_timeout
+#             (s) ends the run, naming the rank, when one hangs.
+# Ctrl-C aborts. `kill -TERM` (or -USR1) of mpiexec stops the run after the current step with a
+# checkpoint (exit 75); run this script again to continue. A second signal ends it at once.
 NP=4
 MPIEXEC=${MPIEXEC:-.venv/bin/mpiexec}
 BIND=""
 CONFIG=configs/demo.yaml
 OUT=runs/workstation
-EXTRA="checkpoint_every=500"
+EXTRA="checkpoint_every=500 stall_timeout=900"
 
 # --- nothing to edit below ---------------------------------------------------------------------
 set -eo pipefail
@@ -29,8 +32,14 @@ FDA=(python -m fda)
 # MPI, rank -> device binding, kernels, data files, output directory: seconds, before the work.
 $MPIEXEC -n "$NP" $BIND "${FDA[@]}" preflight --config "$CONFIG" --out "$OUT" $EXTRA
 
+TRAIN=(train --config "$CONFIG" --out "$OUT" $EXTRA)
 if [[ -f "$OUT/checkpoints/LATEST" ]]; then
     echo "resuming $OUT from step $(cat "$OUT/checkpoints/LATEST")"
-    exec $MPIEXEC -n "$NP" $BIND "${FDA[@]}" train --resume "$OUT"
+    TRAIN=(train --resume "$OUT")
 fi
-exec $MPIEXEC -n "$NP" $BIND "${FDA[@]}" train --config "$CONFIG" --out "$OUT" $EXTRA
+rc=0
+$MPIEXEC -n "$NP" $BIND "${FDA[@]}" "${TRAIN[@]}" || rc=$?
+if [[ $rc -eq 75 ]]; then
+    echo "stopped by a signal after a checkpoint: run $0 again to continue"
+fi
+exit $rc

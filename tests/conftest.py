@@ -20,6 +20,35 @@ _SESSION_TMP = tempfile.mkdtemp(prefix="fda-pytest-")
 os.environ["TMPDIR"] = tempfile.tempdir = _SESSION_TMP
 
 
+def _hwloc_topology_once() -> None:
+    """MPICH's mpiexec (Hydra) writes the machine's topology to /tmp/hydra_hwloc_xmlfile_* (it ignores
+    TMPDIR) and deletes it only when it ends normally: every job a test kills or aborts would leave
+    one. Given HWLOC_XMLFILE, it uses that file instead: copy one job's file into the session
+    directory and hand it to every job the tests start (not from inside an MPI rank). Any such file
+    describes this machine: the newest, while the probe job (whose own file exists) runs."""
+    if "PMI_RANK" in os.environ or "HWLOC_XMLFILE" in os.environ:
+        return
+    saved = Path(_SESSION_TMP) / "hwloc-topology.xml"
+    copy = ("import glob, os, shutil; "
+            "shutil.copy(max(glob.glob('/tmp/hydra_hwloc_xmlfile_*'), key=os.path.getmtime), " + repr(str(saved)) + ")")
+    try:
+        subprocess.run([str(MPIEXEC), "-n", "1", sys.executable, "-c", copy], timeout=120, capture_output=True)
+    except (OSError, subprocess.SubprocessError):
+        return
+    if saved.is_file():
+        os.environ["HWLOC_XMLFILE"] = str(saved)
+
+
+_hwloc_topology_once()
+
+
+def _ended_by_signal(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")  # e.g. `timeout` ends the run: pytest still unconfigures
+
+
+signal.signal(signal.SIGTERM, _ended_by_signal)
+
+
 def pytest_unconfigure(config):
     if os.environ.get("FDA_KEEP_TEST_TMP") == "1":
         print(f"\ntest files kept in {_SESSION_TMP}")

@@ -111,23 +111,38 @@ def test_signals_at_random_steps_then_resume_on_any_layout_is_bit_identical(tmp_
     assert [h["previous_status"] for h in history] == ["interrupted", "interrupted"]
 
 
-@pytest.mark.slow
-def test_a_second_signal_ends_the_job_at_once(tmp_path):
-    run = tmp_path / "run"
-    proc = start_fda("train", "dataset=synthetic", "model=mlp", "threads=1", "max_steps=100000", "log_flush_every=1",
-                     "--no-progress", "--out", run, n=2)
+SECOND_SIGNAL_PROBE = """
+import importlib.util, sys, threading
+spec = importlib.util.spec_from_file_location("preemption", sys.argv[1])
+preemption = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(preemption)
+preemption.install("probe")
+print("ready", flush=True)
+lock = threading.Lock()
+lock.acquire()
+lock.acquire()  # blocked for good, as a rank in a collective whose peers never come
+"""
+
+
+def test_a_second_signal_ends_the_process_at_once_even_when_blocked(tmp_path):
+    import subprocess
+    import sys
+
+    probe = subprocess.Popen([sys.executable, "-c", SECOND_SIGNAL_PROBE, preemption.__file__],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _signal_at_step(proc, run, 5, signal.SIGTERM, "mpiexec")
-        time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGTERM)
-        t = time.monotonic()
-        _, err = proc.communicate(timeout=60)
-        assert time.monotonic() - t < 20
+        assert probe.stdout.readline().strip() == "ready"
+        probe.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert probe.poll() is None, "the first signal only asks for a stop at the next step"
+        probe.send_signal(signal.SIGUSR1)
+        _, err = probe.communicate(timeout=20)
     finally:
-        if proc.poll() is None:
-            kill_job(proc)
-    assert proc.returncode not in (0, preemption.RESUMABLE_EXIT), err.decode()[-2000:]
-    assert "a second signal (SIGTERM): exiting now" in err.decode()
+        if probe.poll() is None:
+            probe.kill()
+    assert "probe got SIGTERM: stopping after this step" in err
+    assert "probe got a second signal (SIGUSR1): exiting now" in err
+    assert probe.returncode == 128 + signal.SIGUSR1
 
 
 @pytest.mark.mpi
@@ -162,3 +177,45 @@ def test_the_flag_of_one_rank_stops_every_rank_at_the_same_step(mpi_ctx):
     assert stopped_at == 4
     assert mpi_ctx.world.allgather_object(stopped_at) == [4] * mpi_ctx.world_size
     assert len(collectives) == 4  # one state Allreduce per step, the flag included
+
+
+def _stopped_run(ctx, out, monkeypatch, where: str, at_step: int = 0):
+    """train.run in-process on every rank; rank 0 alone asks for a stop `where` (before the first
+    step, during an evaluation or during a checkpoint write) at `at_step`."""
+    from fda import checkpoint, train
+    from fda.config import make_config
+
+    cfg = make_config({"dataset": "synthetic", "model": "mlp", "max_steps": 30, "eval_every": 5,
+                       "checkpoint_every": 10, "threads": 1})
+    if ctx.rank == 0:
+        if where == "before the first step":
+            monkeypatch.setattr(preemption, "install", lambda label: preemption.request("test"))
+        else:
+            target = {"evaluation": train, "checkpoint": checkpoint}[where]
+            name = {"evaluation": "evaluate", "checkpoint": "save"}[where]
+            real = getattr(target, name)
+
+            def signalled(*a, **k):
+                if ctx.world.position.step == at_step:
+                    preemption.request("test")
+                return real(*a, **k)
+            monkeypatch.setattr(target, name, signalled)
+    return train.run(cfg, out, ctx=ctx, progress=False, overwrite=True)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("where,at_step,stops_after", [
+    ("before the first step", 0, 1), ("evaluation", 15, 16), ("checkpoint", 20, 21),
+])
+def test_a_signal_anywhere_ends_in_a_resumable_state(mpi_ctx, shared_dir, monkeypatch, where, at_step, stops_after):
+    out = shared_dir / "run"
+    summary = _stopped_run(mpi_ctx, out, monkeypatch, where, at_step)
+    assert summary.get("interrupted") and summary["steps"] == stops_after  # the same on every rank
+    assert mpi_ctx.world.allgather_object(summary["steps"]) == [stops_after] * mpi_ctx.world_size
+    if mpi_ctx.rank == 0:
+        log = read_log(out)
+        assert log["attrs"]["status"] == "interrupted" and log["attrs"]["stopped_at_step"] == stops_after
+        assert int((out / "checkpoints" / "LATEST").read_text()) == stops_after
+        assert_consistent_rows(log)
+        assert list(log["evals"]["step"]) == list(range(5, stops_after + 1, 5))  # the evaluation finished
+    assert not preemption.requested()  # train.run leaves no handler and no request behind

@@ -68,23 +68,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _resume_config(args):
     """The stored settings of the run in args.resume. Repeating them is fine; changing one is an
-    error, except the layout (LAYOUT_KEYS). Without workers_per_rank given, it follows from the
+    error, except how it is executed (EXECUTION_KEYS). Without workers_per_rank given, it follows from the
     newest checkpoint's K and this job's ranks (e.g. 8 ranks x 1 resumed on 4 ranks: 2 per rank)."""
     from mpi4py import MPI
 
     from fda import checkpoint
-    from fda.config import LAYOUT_KEYS, load_file, parse_overrides
+    from fda.config import EXECUTION_KEYS, load_file, parse_overrides
 
     stored = checkpoint.read_config(args.resume)
     cfg = stored
     if args.config or args.settings:
         cfg = make_config(stored.model_dump(), file=args.config, overrides=args.settings)
         changed = ", ".join(f"{k}: {v!r} -> {getattr(cfg, k)!r}" for k, v in stored.model_dump().items()
-                            if getattr(cfg, k) != v and k not in LAYOUT_KEYS)
+                            if getattr(cfg, k) != v and k not in EXECUTION_KEYS)
         if changed:
             raise ConfigError(f"the run in {args.resume} has a different configuration ({changed}); "
-                              "resume it without changing settings (only the layout may change: "
-                              + ", ".join(LAYOUT_KEYS) + ")")
+                              "resume it without changing settings (only these may change: "
+                              + ", ".join(EXECUTION_KEYS) + ")")
     given = {**(load_file(args.config) if args.config else {}), **parse_overrides(args.settings)}
     meta = checkpoint.saved_layout(args.resume)
     ranks = MPI.COMM_WORLD.Get_size()

@@ -29,9 +29,10 @@ STRATEGY_DEFAULTS = {
 DEFAULTS = {"tau": 1, "server_optimizer": "none", "server_lr": 0.316, "optimizer": "adam", "weight_decay": 0.0}
 MONITORS = ("naive", "linear", "sketch")
 THETA_RULES = {"hpc": 2.7e-5, "balanced": 3.9e-5, "fl": 4.9e-5}  # FDA.md section 6: theta = c * d
-# How a run is laid out on the machine, not what it computes: these may change when it resumes
-# (K = ranks x workers_per_rank must not; fda.checkpoint checks it).
-LAYOUT_KEYS = ("workers_per_rank", "threads", "device", "gpu_aware_mpi")
+# How a run is executed, not what it computes: these may change when it resumes (K = ranks x
+# workers_per_rank must not; fda.checkpoint checks it).
+EXECUTION_KEYS = ("workers_per_rank", "threads", "device", "gpu_aware_mpi", "stall_timeout", "checkpoint_every",
+                  "log_flush_every")
 
 
 class ConfigError(ValueError):
@@ -144,7 +145,7 @@ class Config(BaseModel):
         return json.dumps(self.model_dump(), sort_keys=True)
 
     def run_json(self) -> str:
-        """The settings that define the run (all but LAYOUT_KEYS): equal for a run and its resumes."""
+        """The settings that define the run (all but EXECUTION_KEYS): equal for a run and its resumes."""
         return run_json(self.to_json())
 
     def resolved(self, name: str):
@@ -257,8 +258,8 @@ def make_config(settings: dict | None = None, *, file: str | Path | None = None,
 
 
 def run_json(config_json: str) -> str:
-    """A stored config (JSON) without its LAYOUT_KEYS, for comparing a run with its resume."""
-    return json.dumps({k: v for k, v in json.loads(config_json).items() if k not in LAYOUT_KEYS}, sort_keys=True)
+    """A stored config (JSON) without its EXECUTION_KEYS, for comparing a run with its resume."""
+    return json.dumps({k: v for k, v in json.loads(config_json).items() if k not in EXECUTION_KEYS}, sort_keys=True)
 
 
 def config_from_json(text: str) -> Config:

@@ -441,7 +441,7 @@ class Synchronizer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if run_json(state["config"]) != self.cfg.run_json():  # the layout (workers_per_rank, ...) may differ
+        if run_json(state["config"]) != self.cfg.run_json():  # the execution (workers_per_rank, ...) may differ
             raise ConfigError("the checkpoint was written by a run with a different configuration")
         self.step_count = int(state["step"])
         self.syncs = int(state["syncs"])

@@ -188,6 +188,9 @@ def _run(cfg: Config, out: Path, ctx: Context, *, resume: bool, overwrite: bool,
                 bar.close()
                 summary = sync.close("interrupted", f"a rank got SIGTERM or SIGUSR1; stopped after step {step} "
                                                     "with a checkpoint: continue with fda train --resume DIR")
+                # no rank exits before rank 0 has closed the log: a launcher may kill the others
+                # at the first non-zero exit (srun --kill-on-bad-exit)
+                ctx.world.barrier()
                 return {**summary, "interrupted": True, "out": str(out)}
     except CollectiveError as e:
         bar.close()
