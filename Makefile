@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 MPIEXEC := $(VENV)/bin/mpiexec
 STAMP := $(VENV)/.fda-setup-done
 NP_DEMO ?= 4
-TEST_TIMEOUT ?= 900
+TEST_TIMEOUT ?= 1800
 
 .PHONY: setup native cuda-check vision-check demo test clean
 
