@@ -46,7 +46,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from fda.config import ConfigError, make_config  # noqa: E402
+from fda.config import Config, ConfigError, make_config  # noqa: E402
 from fda.h5log import open_log  # noqa: E402
 
 ANALYSIS_MARK = "## Analysis"
@@ -153,6 +153,9 @@ def plan(spec: dict, quick: bool, skip_unavailable: bool = False) -> tuple[list[
 
 # ---------------------------------------------------------------------------- training
 def is_done(out: Path, settings: dict) -> bool:
+    """A completed run with these settings. A setting that a later version of fda added (absent from
+    the stored config) counts as the same when it is at its default, so new options do not make a
+    long grid start over."""
     try:
         with open_log(out) as f:
             if str(f.attrs.get("status", "")) != "completed":
@@ -160,7 +163,10 @@ def is_done(out: Path, settings: dict) -> bool:
             stored = json.loads(f.attrs["config"])
     except (FileNotFoundError, OSError, KeyError):
         return False
-    return stored == json.loads(make_config(settings).to_json())
+    wanted = json.loads(make_config(settings).to_json())
+    defaults = json.loads(Config().to_json())
+    return set(stored) <= set(wanted) and all(
+        stored[k] == v if k in stored else v == defaults.get(k) for k, v in wanted.items())
 
 
 def train_one(out: Path, settings: dict, fda_bin: Path) -> tuple[int, float]:

@@ -74,3 +74,29 @@ def test_the_committed_grid_plans(compare):
     assert {j.seed for j in jobs} == {0, 1, 2}
     quick, _ = compare.plan(spec, quick=True, skip_unavailable=True)
     assert {j.task for j in quick} == {"fmnist-iid", "shakespeare"} and len(quick) == 30
+
+
+def test_a_completed_run_stays_done_when_fda_gains_a_setting(compare, tmp_path, monkeypatch):
+    """Resuming a grid after an upgrade: settings absent from a stored config count if at their default."""
+    import json
+    import contextlib
+
+    from fda.config import make_config
+
+    settings = {"dataset": "synthetic", "model": "mlp", "strategy": "fedavg", "tau": 4, "seed": 1}
+    stored = json.loads(make_config(settings).to_json())
+    newest = "check_every"  # pretend this setting did not exist when the run was made (default 1)
+    older = {k: v for k, v in stored.items() if k != newest}
+
+    @contextlib.contextmanager
+    def fake_log(config, status="completed"):
+        class F:
+            attrs = {"status": status, "config": json.dumps(config)}
+        yield F()
+
+    monkeypatch.setattr(compare, "open_log", lambda out: fake_log(older))
+    assert compare.is_done(tmp_path, settings)
+    assert not compare.is_done(tmp_path, {**settings, "tau": 8})
+    assert not compare.is_done(tmp_path, {**settings, newest: 3})  # not the default: the old run differs
+    monkeypatch.setattr(compare, "open_log", lambda out: fake_log(stored, status="running"))
+    assert not compare.is_done(tmp_path, settings)
