@@ -19,6 +19,11 @@ def _rank() -> int:
     return MPI.COMM_WORLD.Get_rank()
 
 
+def _world_size() -> int:
+    from mpi4py import MPI
+    return MPI.COMM_WORLD.Get_size()
+
+
 def _say_error(message: str) -> None:
     if _rank() == 0:
         print(f"fda: error: {message}", file=sys.stderr, flush=True)
@@ -70,8 +75,6 @@ def _resume_config(args):
     """The stored settings of the run in args.resume. Repeating them is fine; changing one is an
     error, except how it is executed (EXECUTION_KEYS). Without workers_per_rank given, it follows from the
     newest checkpoint's K and this job's ranks (e.g. 8 ranks x 1 resumed on 4 ranks: 2 per rank)."""
-    from mpi4py import MPI
-
     from fda import checkpoint
     from fda.config import EXECUTION_KEYS, load_file, parse_overrides
 
@@ -87,7 +90,7 @@ def _resume_config(args):
                               + ", ".join(EXECUTION_KEYS) + ")")
     given = {**(load_file(args.config) if args.config else {}), **parse_overrides(args.settings)}
     meta = checkpoint.saved_layout(args.resume)
-    ranks = MPI.COMM_WORLD.Get_size()
+    ranks = _world_size()
     if "workers_per_rank" not in given and meta and meta["workers"] % ranks == 0:
         per_rank = meta["workers"] // ranks
         if per_rank != cfg.workers_per_rank and _rank() == 0:
