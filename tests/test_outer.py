@@ -96,3 +96,17 @@ def test_outer_nesterov_step_matches_hand_computation(mpi_ctx, settings):
     sync.close()
     assert synced_at == ([3, 6, 9] if settings["strategy"] == "diloco" else list(range(1, 10)))
     assert all(ctx.comm.allgather(bool(ok)))
+
+
+@pytest.mark.parametrize("given, optimizer, weight_decay", [
+    ({}, "adamw", 0.1),                                       # DiLoCo's inner AdamW and its decoupled decay
+    ({"optimizer": "adamw"}, "adamw", 0.1),
+    ({"optimizer": "adam"}, "adam", 0.0),                     # an L2 term of 0.1 would stop learning
+    ({"optimizer": "sgd"}, "sgd", 0.0),
+    ({"optimizer": "adam", "weight_decay": 0.01}, "adam", 0.01),
+])
+def test_diloco_weight_decay_goes_with_its_inner_optimizer(given, optimizer, weight_decay):
+    from fda.config import make_config
+
+    cfg = make_config({"strategy": "diloco", **given})
+    assert (cfg.resolved("optimizer"), cfg.resolved("weight_decay")) == (optimizer, weight_decay)

@@ -150,7 +150,7 @@ class Config(BaseModel):
 
     def resolved(self, name: str):
         """A setting's value; for those whose default depends on the strategy, that default."""
-        return resolve_setting(self.model_dump(include={name, "strategy"}), name)
+        return resolve_setting(self.model_dump(include={name, "strategy", "optimizer"}), name)
 
     def theta_for(self, num_params: int) -> float:
         """The threshold actually used: the given theta, or the paper's rule theta = c * d."""
@@ -163,11 +163,18 @@ FIELD_NAMES = tuple(Config.model_fields)
 
 
 def resolve_setting(settings: dict, name: str):
-    """settings[name], or, when it is None or absent, its default for settings['strategy']."""
+    """settings[name], or, when it is None or absent, its default for settings['strategy'].
+    A strategy's weight decay goes with its inner optimizer: DiLoCo's 0.1 is AdamW's decoupled
+    decay, so an inner optimizer chosen explicitly (e.g. adam, whose decay is an L2 term in the
+    gradient, where 0.1 stops LeNet-5 learning) keeps the generic default, 0."""
     value = settings.get(name)
     if value is not None or name not in DEFAULTS:
         return value
-    return STRATEGY_DEFAULTS.get(settings.get("strategy", "fda"), {}).get(name, DEFAULTS[name])
+    strategy_defaults = STRATEGY_DEFAULTS.get(settings.get("strategy", "fda"), {})
+    chosen = settings.get("optimizer")
+    if name == "weight_decay" and chosen is not None and chosen != strategy_defaults.get("optimizer", chosen):
+        return DEFAULTS[name]
+    return strategy_defaults.get(name, DEFAULTS[name])
 
 
 def _suggest(name: str) -> str:
