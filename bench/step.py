@@ -15,8 +15,9 @@ The split is read from the HDF5 step arrays (time_compute, time_monitor, time_co
   state Allreduce = fda's time_comm on steps without a sync (it includes waiting for the
                     slowest rank: it is the step's only synchronisation point)
 Then, in the same job, after a Barrier each: a bare `comm.Allreduce(IN_PLACE, float32[n])` of
-the model's flat buffer size, `Synchronizer.step()` with strategy=synchronous, and the same
-with a strategy that never syncs; full sync = the difference of the last two (medians).
+the model's flat buffer size (and of the int16 / int8 fields' bytes as 64-bit words), and
+`Synchronizer.step()` with each of SYNC_ARMS (syncing at every step) and with a twin that
+never syncs; a sync = the difference (medians).
 Results: bench/results/step.md (+ step.json).
 """
 from __future__ import annotations
@@ -36,6 +37,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 WARMUP = 5  # steps dropped from every statistic (allocator, first Allreduces)
+# Syncing at every step: plain averaging with no w0 kept (synchronous), and FDA's case, which
+# refreshes w0 at the sync, in float32 and compressed. Each is timed against a never-syncing twin.
+SYNC_ARMS = {
+    "synchronous": dict(strategy="synchronous"),
+    "fda float32": dict(strategy="fda", monitor="naive", theta=0.0),
+    "fda int16": dict(strategy="fda", monitor="naive", theta=0.0, sync_compression="int16"),
+    "fda int8": dict(strategy="fda", monitor="naive", theta=0.0, sync_compression="int8"),
+}
 MODELS = {
     "lenet5": {"steps": 200, "fda": {"theta": 0.5}},
     "vgg16star": {"steps": 15, "fda": {"theta": "auto", "theta_profile": "balanced"}},
@@ -92,15 +101,19 @@ def worker(model: str, steps: int, out: Path, result: Path, bare_reps: int) -> N
                 arrays[key] = {k: f["steps"][k][()].tolist() for k in f["steps"]}
                 attrs[key] = {"theta": float(f.attrs["theta"]), "num_params": int(f.attrs["num_params"])}
 
-    # The library's full sync vs a bare Allreduce, each after a Barrier so that no rank's
-    # lateness is counted: Synchronizer.step with strategy=synchronous (3-float Allreduce +
-    # the full sync) minus strategy=fedavg/never (the 3-float Allreduce alone).
-    net = build_model(model, data.input_shape, data.num_classes)
+    # The library's syncs vs a bare Allreduce of the float32 model, each after a Barrier so that
+    # no rank's lateness is counted: Synchronizer.step with a strategy that syncs at every step
+    # minus the same call with one that never does (same state Allreduce, same kernel).
     n = FlatModel(build_model(model, data.input_shape, data.num_classes)).flat.numel()
-    lib_sync = Synchronizer(net, ctx, strategy="synchronous", threads=1)
-    lib_floor = Synchronizer(build_model(model, data.input_shape, data.num_classes), ctx,
-                             strategy="fedavg", tau=10**9, threads=1)
-    buf = np.ones(n, dtype=np.float32)
+
+    def lib(**settings):
+        return Synchronizer(build_model(model, data.input_shape, data.num_classes), ctx, threads=1, **settings)
+
+    arms = {name: lib(**settings) for name, settings in SYNC_ARMS.items()}
+    floors = {"floor": lib(strategy="fedavg", tau=10**9), "floor_w0": lib(strategy="fda", monitor="naive", theta=1e30)}
+    bare = {"bare": np.ones(n, dtype=np.float32)}
+    for width, bits in (("int16", 16), ("int8", 8)):  # the same wire bytes as the compressed syncs' fields
+        bare[f"bare_{width}"] = np.zeros(-(-n * bits // 64), dtype=np.uint64)
     comm = ctx.comm
 
     def timed(fn) -> float:
@@ -109,18 +122,20 @@ def worker(model: str, steps: int, out: Path, result: Path, bare_reps: int) -> N
         fn()
         return comm.allreduce(time.perf_counter() - t, op=MPI.MAX)
 
-    times = {"bare": [], "sync": [], "floor": []}
+    times = {name: [] for name in [*bare, *arms, *floors]}
     for i in range(bare_reps + 3):
-        b = timed(lambda: comm.Allreduce(MPI.IN_PLACE, buf))
-        s_ = timed(lambda: lib_sync.step(0.0))
-        f_ = timed(lambda: lib_floor.step(0.0))
-        if i >= 3:
-            times["bare"].append(b)
-            times["sync"].append(s_)
-            times["floor"].append(f_)
+        for name, buf in bare.items():
+            t_ = timed(lambda: comm.Allreduce(MPI.IN_PLACE, buf))
+            if i >= 3:
+                times[name].append(t_)
+        for name, sync in [*arms.items(), *floors.items()]:
+            t_ = timed(lambda: sync.step(0.0))
+            if i >= 3:
+                times[name].append(t_)
+    sync_bytes = {name: sync.mpi_bytes("sync") // max(1, sync.syncs) for name, sync in arms.items()}
     if ctx.is_root:
         result.write_text(json.dumps({"model": model, "ranks": ctx.world_size, "steps": steps,
-                                      "flat_floats": n, "micro": times,
+                                      "flat_floats": n, "micro": times, "sync_bytes": sync_bytes,
                                       "arrays": arrays, "attrs": attrs}))
     ctx.world.stop_watching()
 
@@ -151,8 +166,15 @@ def analyse(r: dict) -> dict:
     synced = _concat(a, "fda", "synced").astype(bool)
     state_ar = _concat(a, "fda", "time_comm")[~synced]
     micro = {k: float(np.median(v)) for k, v in r["micro"].items()}
-    full_sync = micro["sync"] - micro["floor"]
     nbytes = 4 * r["flat_floats"]
+    syncs = {}
+    for name in SYNC_ARMS:
+        took = micro[name] - micro["floor" if name == "synchronous" else "floor_w0"]
+        width = name.split()[-1]
+        syncs[name] = {"s": took, "bytes": r["sync_bytes"][name], "bytes_vs_float32": nbytes * 2 * r["ranks"],
+                       "bare_same_wire": micro.get(f"bare_{width}", micro["bare"]),
+                       "ratio": micro["bare"] / took if took > 0 else float("nan")}
+    full_sync = syncs["fda float32"]["s"]
     fda_syncs = int(synced.sum())
     step_fda, step_nocomm = _step_time(a, "fda"), _step_time(a, "nocomm")
     return {
@@ -162,10 +184,7 @@ def analyse(r: dict) -> dict:
         "state_kernel": _stats(_concat(a, "fda", "time_monitor")),
         "state_allreduce": _stats(state_ar),
         "full_sync": full_sync, "full_sync_amortised": full_sync * fda_syncs / max(1, synced.size),
-        "bare": micro["bare"], "floor": micro["floor"], "bytes": nbytes,
-        "bw_sync": nbytes / full_sync if full_sync > 0 else float("nan"),
-        "bw_bare": nbytes / micro["bare"],
-        "bw_ratio": micro["bare"] / full_sync if full_sync > 0 else float("nan"),
+        "bare": micro["bare"], "bytes": nbytes, "syncs": syncs,
         "step_fda": step_fda, "step_nocomm": step_nocomm, "step_sync": _step_time(a, "synchronous"),
         "fda_over_nocomm_mean": step_fda["mean"] / step_nocomm["mean"] - 1,
         "fda_over_nocomm_median": step_fda["median"] / step_nocomm["median"] - 1,
@@ -188,7 +207,7 @@ def markdown(rows: list[dict], command: str, wall: float) -> str:
         f"first {WARMUP} steps dropped. Times in ms per step (mean / median).", "",
         "## Split of an FDA step (sketch monitor)", "",
         "| model | d | ranks | steps x2 | FDA syncs per step | local compute | state kernel | "
-        "state Allreduce (incl. waiting for the slowest rank) | full sync (when it happens) | "
+        "state Allreduce (incl. waiting for the slowest rank) | full sync (when it happens: fda float32 below) | "
         "full sync amortised over FDA's steps |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -200,18 +219,24 @@ def markdown(rows: list[dict], command: str, wall: float) -> str:
             f"{ms(r['state_allreduce']['mean'])} / {ms(r['state_allreduce']['median'])} | "
             f"{ms(r['full_sync'])} | {ms(r['full_sync_amortised'])} |")
     lines += [
-        "", "## Full-sync Allreduce vs a bare mpi4py Allreduce of the same bytes (same job)", "",
-        "After a Barrier each, interleaved, medians of the repetitions: the full sync is "
-        "`Synchronizer.step()` with strategy=synchronous minus the same call with a strategy that never "
-        "syncs (its 3-float Allreduce); it includes what the library does around the Allreduce "
-        "(divide by K, refresh w0). Goal: >= 90% of the bare bandwidth.", "",
-        "| model | ranks | bytes | full sync ms | bare Allreduce ms | full-sync GB/s | bare GB/s | ratio |",
-        "|---|---|---|---|---|---|---|---|",
+        "", "## A sync vs a bare mpi4py Allreduce of the float32 model (same job)", "",
+        "After a Barrier each, interleaved, medians of the repetitions. A sync is `Synchronizer.step()` with "
+        "a strategy that syncs at every step minus the same call with one that never does (same state "
+        "Allreduce and kernel), so it includes all the library does around its Allreduce: "
+        "`synchronous` divides by K (plain averaging on a schedule keeps no w0); `fda` also refreshes w0 "
+        "(FDA's drift origin); int16/int8 quantize the drift plus residual, agree block scales (a MAX "
+        "Allreduce), sum the integer fields (one Allreduce of 64-bit words) and decode. MPI bytes per "
+        "sync: `comm_bytes_mpi`'s count (2·n·P per Allreduce of n bytes over P ranks). Goal: the float32 "
+        "sync at >= 85% of the bare Allreduce.", "",
+        "| model | ranks | sync | MPI bytes per sync | float32 / these bytes | sync ms | bare float32 Allreduce ms | "
+        "bare Allreduce of the same fields ms | bare float32 / sync |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['ranks']} | {r['bytes']:,} | {ms(r['full_sync'])} | "
-                     f"{ms(r['bare'])} | {r['bw_sync'] / 1e9:.2f} | {r['bw_bare'] / 1e9:.2f} | "
-                     f"{r['bw_ratio'] * 100:.0f}% |")
+        for name, v in r["syncs"].items():
+            lines.append(f"| {r['model']} | {r['ranks']} | {name} | {v['bytes']:,} | "
+                         f"{v['bytes_vs_float32'] / v['bytes']:.3f}x | {ms(v['s'])} | {ms(r['bare'])} | "
+                         f"{ms(v['bare_same_wire'])} | {v['ratio'] * 100:.0f}% |")
     lines += [
         "", "## FDA's time per step vs no communication", "",
         "Per-step time = time_compute + time_monitor + time_comm from the h5 arrays, averaged over "

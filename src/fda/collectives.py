@@ -105,8 +105,10 @@ class QuantizedMean:
         n = ref.numel()
         peaks = None
         for w, e in zip(workers, self.residuals):
-            torch.sub(w.flat, ref, out=self._drift)  # u_k first: w and w0 are close, so this is exact-ish
-            e[:n].add_(self._drift)                  # v_k = u_k + e_k, kept in e_k's buffer
+            # v_k = (w_k - w0) + e_k, kept in e_k's buffer: w_k - w0 first, as w_k and w0 are close
+            # (it loses no bits then), where (w_k + e_k) - w0 would round e_k to w_k's precision
+            torch.sub(w.flat, ref, out=self._drift)
+            e[:n].add_(self._drift)
             peak = e.view(self.blocks, BLOCK).abs().amax(dim=1)
             peaks = peak if peaks is None else torch.maximum(peaks, peak)
         peaks.masked_fill_(~torch.isfinite(peaks), math.inf)  # NaN would make MAX order-dependent

@@ -213,7 +213,9 @@ class Comm:
         if t.dtype != torch.uint8 or t.numel() % 8 or not t.is_contiguous():
             raise ValueError("allreduce_fields_ needs a contiguous uint8 tensor of a multiple of 8 bytes")
         buf, staged = self._host_view(t)
+        self._enter(f"{kind} Allreduce (integer fields)")
         self.comm.Allreduce(MPI.IN_PLACE, [buf, t.numel() // 8, MPI.UINT64_T], op=MPI.SUM)
+        self._leave()
         if staged is not None:
             t.copy_(staged.view_as(t))
         self.bytes.add(kind, 2 * t.numel() * self.size)
