@@ -64,6 +64,7 @@ class Job:
     config: str        # the family and its grid values, e.g. fedavg-tau8
     seed: int
     settings: dict
+    cost: float = 0.0  # estimated seconds on one quiet core (the task's seconds_per_epoch x epochs)
 
     @property
     def path(self) -> tuple[str, str, str]:
@@ -124,12 +125,14 @@ def expand(task: str, tdef: dict, families: dict, seeds: list[int]) -> list[Job]
             filled = {k: values[v[1:-1]] if k in _keys_with_placeholders(fam) else v for k, v in fam.items()}
             settings = {**tdef["common"], **filled}
             config = _config_name(family, values)
-            jobs += [Job(task, family, config, seed, {**settings, "seed": seed}) for seed in seeds]
+            cost = float(tdef.get("seconds_per_epoch", 0)) * float(settings.get("epochs", 1))
+            jobs += [Job(task, family, config, seed, {**settings, "seed": seed}, cost) for seed in seeds]
     return jobs
 
 
 def plan(spec: dict, quick: bool, skip_unavailable: bool = False) -> tuple[list[Job], dict[str, str]]:
-    """All runs (Synchronous first: the targets depend on it) and the families left out."""
+    """All runs and the families left out. Synchronous first (the targets depend on it), then the
+    longest first, so that with --jobs N no long run starts last while the other cores idle."""
     spec = resolve_spec(spec, quick)
     families, seeds = spec["families"], list(spec["seeds"])
     jobs = [j for task, tdef in spec["tasks"].items() for j in expand(task, tdef, families, seeds)]
@@ -147,8 +150,7 @@ def plan(spec: dict, quick: bool, skip_unavailable: bool = False) -> tuple[list[
         raise PlanError("the grid needs features this checkout does not have:\n" + lines
                         + "\nMerge them, or pass --skip-unavailable to run the other families.")
     jobs = [j for j in jobs if j.family not in unavailable]
-    first = [j for j in jobs if j.family == "synchronous"]
-    return first + [j for j in jobs if j.family != "synchronous"], unavailable
+    return sorted(jobs, key=lambda j: (j.family != "synchronous", -j.cost)), unavailable
 
 
 # ---------------------------------------------------------------------------- training
@@ -507,8 +509,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{task}: {len(configs)} configurations x seeds = {sum(j.task == task for j in jobs)} runs")
             for c in configs:
                 print(f"  {c}")
-        done = sum(is_done(runs_dir.joinpath(*j.path), j.settings) for j in jobs)
-        print(f"compare: {len(jobs)} runs, {done} already done")
+        todo = [j for j in jobs if not is_done(runs_dir.joinpath(*j.path), j.settings)]
+        core_s = sum(j.cost for j in todo)
+        print(f"compare: {len(jobs)} runs, {len(jobs) - len(todo)} already done; the rest is about "
+              f"{core_s / 3600:.1f} core-hours, {core_s / 3600 / max(1, args.jobs):.1f} h with --jobs "
+              f"{max(1, args.jobs)} (the tasks' seconds_per_epoch, quiet machine)")
         return 0
     fda_bin = Path(sys.executable).parent / "fda"
     command = " ".join([".venv/bin/python", "bench/compare.py"] + [shlex.quote(a) for a in (argv or sys.argv[1:])])

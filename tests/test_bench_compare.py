@@ -100,3 +100,17 @@ def test_a_completed_run_stays_done_when_fda_gains_a_setting(compare, tmp_path, 
     assert not compare.is_done(tmp_path, {**settings, newest: 3})  # not the default: the old run differs
     monkeypatch.setattr(compare, "open_log", lambda out: fake_log(stored, status="running"))
     assert not compare.is_done(tmp_path, settings)
+
+
+def test_longest_runs_first_after_synchronous(compare):
+    spec = {**SPEC, "families": {k: v for k, v in SPEC["families"].items() if k != "future"},
+            "tasks": {"short": {"seconds_per_epoch": 10, "common": {"dataset": "synthetic", "model": "mlp", "epochs": 1},
+                                "grids": {"tau": [2], "sketch_theta": 0.5}},
+                      "long": {"seconds_per_epoch": 30, "common": {"dataset": "synthetic", "model": "mlp", "epochs": 2},
+                               "grids": {"tau": [2], "sketch_theta": 0.5}}}}
+    jobs, _ = compare.plan(spec, quick=False)
+    assert [j.family for j in jobs[:6]] == ["synchronous"] * 6
+    assert [j.task for j in jobs[:3]] == ["long"] * 3 and jobs[0].cost == 60.0
+    rest = jobs[6:]
+    assert [j.cost for j in rest] == sorted((j.cost for j in rest), reverse=True)
+    assert [j.task for j in rest] == ["long"] * 6 + ["short"] * 6
