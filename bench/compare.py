@@ -50,7 +50,7 @@ from fda.config import Config, ConfigError, make_config  # noqa: E402
 from fda.h5log import open_log  # noqa: E402
 
 ANALYSIS_MARK = "## Analysis"
-FDA_FAMILIES_KIND = "fda"   # families whose `kind` is fda compete for "FDA's best run"
+FDA_FAMILIES_KIND = "fda"   # families whose `kind` is fda compete for "FDA's best run" (float32 syncs)
 
 
 class PlanError(ValueError):
@@ -346,6 +346,14 @@ def scorecard(task: str, summaries: list[Summary]) -> list[str]:
         add("goal: theta=auto within 2x of FDA's best theta (GB)", f"{auto.median('gb'):.4f} GB: {r:.2f}x", r <= 2)
     else:
         add("goal: theta=auto within 2x of FDA's best theta (GB)", "theta=auto missed the target on a seed", False)
+    compressed = best_of(summaries, lambda s: s.kind == "fda-compressed")
+    if compressed:
+        rivals_gb = min((s.median("gb") for s in (fedavg, diloco) if s), default=None)
+        r = ratio(rivals_gb, compressed.median("gb"))
+        add("beyond the paper: FDA with 8-bit syncs (the baselines' syncs stay float32), >= 3x fewer GB than "
+            "the best of FedAvg and DiLoCo", f"{compressed.config} {compressed.median('gb'):.4f} GB "
+            f"({fmt_ratio(ratio(sync.median('gb'), compressed.median('gb')))} fewer than Synchronous): "
+            f"{fmt_ratio(r)}", None if r is None else r >= 3)
     wan_sync, wan_fda = sync.median("time", "wan"), fda.median("time", "wan")
     r = ratio(wan_sync, wan_fda)
     add("goal: on the WAN profile, FDA's time to target >= 10x shorter than Synchronous's",
