@@ -1,7 +1,14 @@
 """How a sync's bytes travel: the K workers' models averaged with MPI collectives.
 
 `ExactMean` (sync_compression=none) is the float32 sync of FDA.md section 3: the hosted
-workers' flat buffers summed locally, ONE in-place Allreduce, a divide by K.
+workers' flat buffers summed locally, ONE in-place Allreduce, then ONE pass over the sum
+(kernels.mean_epilogue_) that divides by K and, when the mean is the new global model, also
+refreshes w0, the update direction and the other hosted workers' copies.
+
+Both take `final`: True when the mean IS the new global model (no outer step, nothing that needs
+the old w0 afterwards): then every hosted worker's flat buffer and `ref` end as the new model,
+and `drift` (if given) as new - old over its length. False: only worker 0's flat buffer holds
+the mean, and the caller finishes the sync.
 
 `QuantizedMean` (int16, int8) is the compressed sync of FDA.md section 7. Every hosted worker
 k sends v_k = u_k + e_k (its drift from the last global flat model w0 plus its error-feedback
@@ -22,6 +29,7 @@ import math
 
 import torch
 
+from fda import kernels
 from fda.config import ConfigError
 from fda.flat import FlatModel, pairwise_sum_
 
@@ -62,13 +70,16 @@ class ExactMean:
     def __init__(self, world, K: int):
         self.world, self.K = world, K
 
-    def average_(self, workers: list[FlatModel], ref: torch.Tensor | None = None) -> torch.Tensor:
-        """The new global flat model, written into worker 0's flat buffer and returned (the caller
-        refreshes the other hosted workers, after the outer step). `ref` (the last global flat
-        model) is not needed here."""
+    def average_(self, workers: list[FlatModel], ref: torch.Tensor | None = None, *, final: bool = False,
+                 drift: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean over the K workers, in worker 0's flat buffer (returned); see the module
+        docstring for `final`, `ref` (the last global flat model) and `drift`."""
         buf = pairwise_sum_([w.flat for w in workers])
         self.world.allreduce_(buf, "sum", kind="sync")
-        buf.div_(self.K)
+        if final:
+            kernels.mean_epilogue_(buf, self.K, ref=ref, drift=drift, copies=[w.flat for w in workers[1:]])
+        else:
+            kernels.mean_epilogue_(buf, self.K)
         mean_of_tensors_(self.world, [w.other_buffers for w in workers], self.K)
         return buf
 
@@ -99,9 +110,11 @@ class QuantizedMean:
         self._wire = torch.zeros(math.ceil(n * self.bits / 64) * 8, dtype=torch.uint8, device=device)
         self._fields = self._wire.view(_FIELD_DTYPES[self.bits])[:n]
 
-    def average_(self, workers: list[FlatModel], ref: torch.Tensor) -> torch.Tensor:
+    def average_(self, workers: list[FlatModel], ref: torch.Tensor, *, final: bool = False,
+                 drift: torch.Tensor | None = None) -> torch.Tensor:
         """The new global flat model ref + mean_k Q(v_k), written into worker 0's flat buffer and
-        returned; every hosted worker's residual is updated."""
+        returned; every hosted worker's residual is updated. `final`, `drift`: see the module
+        docstring."""
         n = ref.numel()
         peaks = None
         for w, e in zip(workers, self.residuals):
@@ -130,6 +143,12 @@ class QuantizedMean:
         mean_q.sub_(self.K * self.L).mul_((step / self.K)[:, None])
         target = workers[0].flat
         torch.add(ref, mean_q.view(-1)[:n], out=target)
+        if final:
+            if drift is not None:
+                torch.sub(target[:drift.numel()], ref[:drift.numel()], out=drift)
+            ref.copy_(target)
+            for w in workers[1:]:
+                w.flat.copy_(target)
         mean_of_tensors_(self.world, [w.other_buffers for w in workers], self.K)
         return target
 

@@ -304,27 +304,32 @@ class Synchronizer:
         return float(self.world.allreduce_values([local], "sum", kind="audit")[0]) / self.K
 
     def _synchronize(self, mean_sqnorm: float) -> None:
-        target = self.averaging.average_(self.workers, self.ref)  # the new global model, in worker 0's flat
+        # Plain averaging (no outer step, no variance of the models averaged): the mean IS the new
+        # global model, and the averaging refreshes w0, xi's direction and the hosted copies in the
+        # pass that divides by K. Otherwise it leaves the mean in worker 0's flat buffer for the rest.
+        final = self.outer is None and not self.strategy.wants_sync_variance
+        target = self.averaging.average_(self.workers, self.ref, final=final, drift=self.xi if final else None)
         var_at_sync = math.nan
-        if self.ref is not None:
+        if not final:
             mean = target[:self.d]
             if self.strategy.wants_sync_variance and not math.isnan(mean_sqnorm):
                 var_at_sync = mean_sqnorm - kernels.drift_state(mean, self.w0).sqnorm
             if self.outer is not None:
                 self.outer.step(self.w0, mean)
             if self.xi is not None:
-                self._update_xi(mean)
+                torch.sub(mean, self.w0, out=self.xi)
             self.ref.copy_(target)
-        for w in self.workers[1:]:
-            w.flat.copy_(target)
+            for w in self.workers[1:]:
+                w.flat.copy_(target)
+        if self.xi is not None:
+            self._normalise_xi()
         self._sync_optimizer_state()
         self.syncs += 1
         self._count_paper_bytes(2 * self.K * self.averaging.wire_bytes(self.d), 2 * self.K * FLOAT_BYTES * self.d)
         self.strategy.after_sync(self.step_count, var_at_sync)
 
-    def _update_xi(self, new_w0: torch.Tensor) -> None:
-        """xi <- the direction of this global update (in place: no new d-vector)."""
-        torch.sub(new_w0, self.w0, out=self.xi)
+    def _normalise_xi(self) -> None:
+        """xi (holding new w0 - old w0) <- the unit direction of this global update, in place."""
         norm = float(self.xi.norm())
         if norm > 0 and math.isfinite(norm):
             self.xi.div_(norm)

@@ -7,6 +7,9 @@ Public API::
         # the same quantities packed as float64 [||u||^2, <xi,u>, sketch...] into `out`, on w's
         # device, with no allocation and no host sync (what fda.Synchronizer uses every step)
     packed_size(sketch_depth, sketch_width) -> 2 + depth * width
+    mean_epilogue_(total, divisor, *, ref=None, drift=None, copies=())
+        # after a sync's sum Allreduce, in one pass: total /= divisor, drift = total - ref (old),
+        # ref = total, each copy = total (fda.collectives.ExactMean)
     ams_estimate(sketch) -> float          # median over rows of the row sums of squares
     hash_coefficients(seed, depth)         # per-row hash polynomial coefficients
     backend() -> "native" | "reference"
@@ -30,7 +33,7 @@ import torch
 from fda.kernels import reference as _reference
 from fda.kernels.reference import MERSENNE_P, hash_coefficients
 
-__all__ = ["DriftState", "drift_state", "drift_state_out", "packed_size", "ams_estimate",
+__all__ = ["DriftState", "drift_state", "drift_state_out", "mean_epilogue_", "packed_size", "ams_estimate",
            "hash_coefficients", "backend", "cuda_kernel_available", "MERSENNE_P"]
 
 _NATIVE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native")
@@ -179,6 +182,24 @@ def drift_state_out(w: torch.Tensor, w0: torch.Tensor, out: torch.Tensor, *, xi:
         _warn_fallback(w.device)
         _reference.drift_state_out(w, w0, xi, depth, width, seed, out)
     return out
+
+
+def mean_epilogue_(total: torch.Tensor, divisor: int, *, ref: torch.Tensor | None = None,
+                   drift: torch.Tensor | None = None, copies=()) -> torch.Tensor:
+    """What a float32 sync does after its sum Allreduce, reading ``total`` once: ``total /= divisor``
+    (the mean); ``drift = mean - ref`` over drift's length, from the OLD ``ref``; ``ref = mean``;
+    every tensor in ``copies`` = mean. Contiguous float32 tensors on one device, ``ref`` and the
+    copies as long as ``total``, ``drift`` no longer. The same bits as the torch sequence
+    ``div_, sub, copy_, ...`` (float32 true division and subtraction); the native CPU op does it
+    in one pass, which matters because a sync is memory-bound. Returns ``total``."""
+    copies = list(copies)
+    if drift is not None and ref is None:
+        raise ValueError("mean_epilogue_: drift needs ref")
+    if _native_has(total.device, "mean_epilogue_") and total.device.type == "cpu":
+        torch.ops.fda.mean_epilogue_(total, float(divisor), ref, drift, copies)
+    else:  # CUDA (separate launches of memory-bound ops are cheap there), or no native library
+        _reference.mean_epilogue_(total, divisor, ref, drift, copies)
+    return total
 
 
 def drift_state(w: torch.Tensor, w0: torch.Tensor, *, xi: torch.Tensor | None = None,

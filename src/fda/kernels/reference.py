@@ -88,3 +88,15 @@ def drift_state(w: torch.Tensor, w0: torch.Tensor, xi: torch.Tensor | None, dept
     sqnorm, dot = out[:2].tolist()
     sketch = out[2:].to(torch.float32).view(depth, width) if depth > 0 else None
     return sqnorm, dot if xi is not None else None, sketch
+
+
+def mean_epilogue_(total: torch.Tensor, divisor: int, ref: torch.Tensor | None, drift: torch.Tensor | None,
+                   copies: list[torch.Tensor]) -> None:
+    """fda::mean_epilogue_ with torch ops, one pass each (the same bits: see kernels.mean_epilogue_)."""
+    total.div_(divisor)
+    if drift is not None:
+        torch.sub(total[:drift.numel()], ref[:drift.numel()], out=drift)
+    if ref is not None:
+        ref.copy_(total)
+    for c in copies:
+        c.copy_(total)
