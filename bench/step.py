@@ -123,16 +123,20 @@ def worker(model: str, steps: int, out: Path, result: Path, bare_reps: int) -> N
         return comm.allreduce(time.perf_counter() - t, op=MPI.MAX)
 
     times = {name: [] for name in [*bare, *arms, *floors]}
+    moved = dict.fromkeys(arms, 0)  # each arm's own sync bytes (the arms share ctx's byte counter)
     for i in range(bare_reps + 3):
         for name, buf in bare.items():
             t_ = timed(lambda: comm.Allreduce(MPI.IN_PLACE, buf))
             if i >= 3:
                 times[name].append(t_)
         for name, sync in [*arms.items(), *floors.items()]:
+            before = ctx.world.bytes.get("sync")
             t_ = timed(lambda: sync.step(0.0))
+            if name in moved:
+                moved[name] += ctx.world.bytes.get("sync") - before
             if i >= 3:
                 times[name].append(t_)
-    sync_bytes = {name: sync.mpi_bytes("sync") // max(1, sync.syncs) for name, sync in arms.items()}
+    sync_bytes = {name: moved[name] // max(1, sync.syncs) for name, sync in arms.items()}
     if ctx.is_root:
         result.write_text(json.dumps({"model": model, "ranks": ctx.world_size, "steps": steps,
                                       "flat_floats": n, "micro": times, "sync_bytes": sync_bytes,

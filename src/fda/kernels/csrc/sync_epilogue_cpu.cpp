@@ -76,9 +76,11 @@ void mean_epilogue_cpu(at::Tensor sum, double divisor, const std::optional<at::T
   std::vector<float*> out;
   for (const auto& c : copies) out.push_back(c.data_ptr<float>());
 
-  // Pieces of kTile values, so that the copies read what the pass just wrote from L1/L2.
+  // Pieces of kTile values, so that the copies read what the pass just wrote from L1/L2.  Threads
+  // only from 1 MB per thread: waking a sleeping OpenMP team costs ~0.2 ms, more than a small
+  // model's whole pass (LeNet-5: 0.01 ms).
   constexpr int64_t kTile = 8192;
-  at::parallel_for(0, n, 4 * kTile, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, n, 32 * kTile, [&](int64_t begin, int64_t end) {
     for (int64_t a = begin; a < end; a += kTile) {
       const int64_t b = std::min(end, a + kTile);
       const int64_t split = std::min(std::max(a, n_drift), b);  // [a, split) has a drift value too
