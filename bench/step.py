@@ -18,6 +18,9 @@ Then, in the same job, after a Barrier each: a bare `comm.Allreduce(IN_PLACE, fl
 the model's flat buffer size (and of the int16 / int8 fields' bytes as 64-bit words), and
 `Synchronizer.step()` with each of SYNC_ARMS (syncing at every step) and with a twin that
 never syncs; a sync = the difference (medians).
+Last, in this process (one thread), the float32 sync's epilogue alone (what follows its Allreduce:
+divide by K, refresh w0, and for the Linear monitor xi's direction) as the native one-pass op
+`fda.kernels.mean_epilogue_` against the same work as separate torch ops (its reference).
 Results: bench/results/step.md (+ step.json).
 """
 from __future__ import annotations
@@ -49,6 +52,31 @@ MODELS = {
     "lenet5": {"steps": 200, "fda": {"theta": 0.5}},
     "vgg16star": {"steps": 15, "fda": {"theta": "auto", "theta_profile": "balanced"}},
 }
+
+
+EPILOGUE_CASES = {"sketch or naive monitor: w0": ("ref",), "Linear monitor: w0 and xi": ("ref", "drift")}
+
+
+def epilogue_timings(d: int, reps: int = 50) -> dict:
+    """ms (median) of the float32 sync's epilogue at size d: the native op vs the torch ops."""
+    import torch
+    from fda import kernels
+    from fda.kernels import reference
+    torch.set_num_threads(1)
+    total, ref, drift = torch.randn(d), torch.randn(d), torch.empty(d)
+    out = {}
+    for case, parts in EPILOGUE_CASES.items():
+        kw = {"ref": ref, "drift": drift if "drift" in parts else None}
+        arms = {"native": lambda: kernels.mean_epilogue_(total, 2, **kw),
+                "torch ops": lambda: reference.mean_epilogue_(total, 2, kw["ref"], kw["drift"], [])}
+        times = {name: [] for name in arms}
+        for _ in range(reps):
+            for name, f in arms.items():
+                t = time.perf_counter()
+                f()
+                times[name].append(time.perf_counter() - t)
+        out[case] = {name: float(np.median(ts)) for name, ts in times.items()}
+    return out
 
 
 # ------------------------------------------------------------------ worker side (under mpiexec)
@@ -199,7 +227,7 @@ def ms(x: float) -> str:
     return f"{x * 1e3:.3f}"
 
 
-def markdown(rows: list[dict], command: str, wall: float) -> str:
+def markdown(rows: list[dict], epilogues: dict, command: str, wall: float) -> str:
     from compare import commit, machine
     lines = [
         "# Step time: where one training step goes", "",
@@ -253,6 +281,19 @@ def markdown(rows: list[dict], command: str, wall: float) -> str:
                      f"{ms(r['step_fda']['mean'])} / {ms(r['step_fda']['median'])} | "
                      f"{ms(r['step_sync']['mean'])} / {ms(r['step_sync']['median'])} | "
                      f"{r['fda_over_nocomm_mean'] * 100:+.1f}% | {r['fda_over_nocomm_median'] * 100:+.1f}% |")
+    lines += [
+        "", "## The float32 sync's epilogue alone (one process, one thread)", "",
+        "What follows the sync's Allreduce of the summed flat model: divide by K, refresh w0 (and, "
+        "with the Linear monitor, write xi's direction new w0 - old w0): the native one-pass "
+        "`fda.kernels.mean_epilogue_` against the same work as separate torch ops. Medians of 50 "
+        "interleaved calls.", "",
+        "| model | d | case | native ms | torch ops ms | saved |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model, (d, cases) in epilogues.items():
+        for case, t in cases.items():
+            lines.append(f"| {model} | {d:,} | {case} | {ms(t['native'])} | {ms(t['torch ops'])} | "
+                         f"{(1 - t['native'] / t['torch ops']) * 100:.0f}% |")
     return "\n".join(lines) + "\n"
 
 
@@ -293,12 +334,16 @@ def main(argv=None) -> int:
                 return 1
             rows.append(analyse(json.loads(result.read_text())))
             print(f"step: {model} np={ranks} done in {time.perf_counter() - t:.0f} s", flush=True)
+    epilogues = {}
+    for r in rows:
+        if r["model"] not in epilogues:
+            epilogues[r["model"]] = (r["d"], epilogue_timings(r["d"]))
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     command = ".venv/bin/python bench/step.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
-    md = markdown(rows, command, time.perf_counter() - t0)
+    md = markdown(rows, epilogues, command, time.perf_counter() - t0)
     (results / "step.md").write_text(md)
-    (results / "step.json").write_text(json.dumps(rows, indent=1))
+    (results / "step.json").write_text(json.dumps({"rows": rows, "epilogue_ms": epilogues}, indent=1))
     print(md)
     return 0
 
