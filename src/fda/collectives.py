@@ -143,12 +143,8 @@ class QuantizedMean:
         mean_q.sub_(self.K * self.L).mul_((step / self.K)[:, None])
         target = workers[0].flat
         torch.add(ref, mean_q.view(-1)[:n], out=target)
-        if final:
-            if drift is not None:
-                torch.sub(target[:drift.numel()], ref[:drift.numel()], out=drift)
-            ref.copy_(target)
-            for w in workers[1:]:
-                w.flat.copy_(target)
+        if final:  # target is the new global model already (divisor 1: exact)
+            kernels.mean_epilogue_(target, 1, ref=ref, drift=drift, copies=[w.flat for w in workers[1:]])
         mean_of_tensors_(self.world, [w.other_buffers for w in workers], self.K)
         return target
 

@@ -316,11 +316,8 @@ class Synchronizer:
                 var_at_sync = mean_sqnorm - kernels.drift_state(mean, self.w0).sqnorm
             if self.outer is not None:
                 self.outer.step(self.w0, mean)
-            if self.xi is not None:
-                torch.sub(mean, self.w0, out=self.xi)
-            self.ref.copy_(target)
-            for w in self.workers[1:]:
-                w.flat.copy_(target)
+            # target already holds the new global model (divisor 1: exact): xi, w0, the copies
+            kernels.mean_epilogue_(target, 1, ref=self.ref, drift=self.xi, copies=[w.flat for w in self.workers[1:]])
         if self.xi is not None:
             self._normalise_xi()
         self._sync_optimizer_state()
