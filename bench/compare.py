@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import datetime
+import threading
 import itertools
 import json
 import os
@@ -169,6 +171,27 @@ def is_done(out: Path, settings: dict) -> bool:
     defaults = json.loads(Config().to_json())
     return set(stored) <= set(wanted) and all(
         stored[k] == v if k in stored else v == defaults.get(k) for k, v in wanted.items())
+
+
+def sync_target(spec: dict, task: str, jobs: list[Job], runs_dir: Path) -> float | None:
+    """The task's target: the lowest over seeds of Synchronous's best accuracy, minus
+    target_below_synchronous; None until Synchronous has completed on every seed."""
+    from fda import report
+    sync = [j for j in jobs if j.task == task and j.family == "synchronous"]
+    if not sync or not all(is_done(runs_dir.joinpath(*j.path), j.settings) for j in sync):
+        return None
+    best = min(report.best_accuracy(report.load_run(runs_dir.joinpath(*j.path))) for j in sync)
+    return best - float(spec.get("target_below_synchronous", 0.005))
+
+
+def with_target(job: Job, target: float) -> Job:
+    """The run stopping at the target (stop_at_target: every family but Synchronous, whose curve
+    sets the target and shows the plateau)."""
+    return dataclasses.replace(job, settings={**job.settings, "target_acc": target})
+
+
+def stops_at_target(spec: dict, job: Job) -> bool:
+    return bool(spec.get("stop_at_target")) and job.family != "synchronous"
 
 
 def train_one(out: Path, settings: dict, fda_bin: Path) -> tuple[int, float]:
@@ -490,6 +513,57 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
 
 
+def train_grid(spec: dict, jobs: list[Job], runs_dir: Path, fda_bin: Path, n_jobs: int) -> int:
+    """Train every run not yet done, n_jobs at a time; returns the number that failed. With
+    stop_at_target, a task's other runs wait for its Synchronous runs (first in the list): their
+    target_acc comes from those."""
+    known = threading.Condition()
+    pending_sync = {t: sum(j.family == "synchronous" for j in jobs if j.task == t) for t in {j.task for j in jobs}}
+    targets: dict[str, float | None] = {t: None for t, n in pending_sync.items() if n == 0}
+
+    def target(task: str) -> float | None:
+        with known:
+            known.wait_for(lambda: task in targets)
+            return targets[task]
+
+    def sync_finished(task: str) -> None:
+        with known:
+            pending_sync[task] -= 1
+            if pending_sync[task] == 0:
+                try:
+                    targets[task] = sync_target(spec, task, jobs, runs_dir)
+                except Exception as e:  # an unreadable log: no target, and no thread left waiting
+                    print(f"compare: {task}: no target ({e})", flush=True)
+                    targets[task] = None
+                known.notify_all()
+
+    def work(job: Job) -> int:
+        out = runs_dir.joinpath(*job.path)
+        try:
+            if stops_at_target(spec, job):
+                goal = target(job.task)
+                if goal is None:
+                    print(f"compare: {'/'.join(job.path)}: skipped (Synchronous failed: no target)", flush=True)
+                    return 1
+                job = with_target(job, goal)
+            if is_done(out, job.settings):
+                return 0
+            rc, secs = train_one(out, job.settings, fda_bin)
+            status = "ok" if rc == 0 else f"FAILED (exit {rc}, see {out / 'train.log'})"
+            print(f"compare: {'/'.join(job.path)}: {status} in {secs:.0f} s", flush=True)
+            return rc
+        finally:
+            if job.family == "synchronous":
+                sync_finished(job.task)
+
+    print(f"compare: {len(jobs)} runs (logs in {runs_dir}); those already completed are skipped", flush=True)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+        failures = sum(1 for rc in pool.map(work, jobs) if rc != 0)
+    print(f"compare: grid done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return failures
+
+
 # -------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -517,7 +591,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{task}: {len(configs)} configurations x seeds = {sum(j.task == task for j in jobs)} runs")
             for c in configs:
                 print(f"  {c}")
-        todo = [j for j in jobs if not is_done(runs_dir.joinpath(*j.path), j.settings)]
+        spec_r = resolve_spec(spec, args.quick)
+        targets = {t: sync_target(spec_r, t, jobs, runs_dir) for t in dict.fromkeys(j.task for j in jobs)}
+        todo = [j for j in jobs if not is_done(runs_dir.joinpath(*j.path), j.settings if not stops_at_target(
+            spec_r, j) or targets[j.task] is None else with_target(j, targets[j.task]).settings)
+                or (stops_at_target(spec_r, j) and targets[j.task] is None)]
         core_s = sum(j.cost for j in todo)
         print(f"compare: {len(jobs)} runs, {len(jobs) - len(todo)} already done; the rest is about "
               f"{core_s / 3600:.1f} core-hours, {core_s / 3600 / max(1, args.jobs):.1f} h with --jobs "
@@ -527,23 +605,9 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join([".venv/bin/python", "bench/compare.py"] + [shlex.quote(a) for a in (argv or sys.argv[1:])])
 
     if not args.report_only:
-        todo = [j for j in jobs if not is_done(runs_dir.joinpath(*j.path), j.settings)]
-        print(f"compare: {len(jobs)} runs, {len(jobs) - len(todo)} already done, {len(todo)} to train "
-              f"(logs in {runs_dir})", flush=True)
-        t0 = time.perf_counter()
-
-        def work(job: Job) -> int:
-            out = runs_dir.joinpath(*job.path)
-            rc, secs = train_one(out, job.settings, fda_bin)
-            status = "ok" if rc == 0 else f"FAILED (exit {rc}, see {out / 'train.log'})"
-            print(f"compare: {'/'.join(job.path)}: {status} in {secs:.0f} s", flush=True)
-            return rc
-
-        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            failures = sum(1 for rc in pool.map(work, todo) if rc != 0)
-        print(f"compare: trained {len(todo)} runs in {time.perf_counter() - t0:.0f} s", flush=True)
+        failures = train_grid(resolve_spec(spec, args.quick), jobs, runs_dir, fda_bin, max(1, args.jobs))
         if failures:
-            print(f"compare: {failures} run(s) failed; the report covers the others", flush=True)
+            print(f"compare: {failures} run(s) failed or could not start; the report covers the others", flush=True)
 
     md = write_report(spec, jobs, unavailable, runs_dir, Path(args.results), command, args.quick)
     print(md.read_text())

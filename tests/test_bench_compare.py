@@ -114,3 +114,36 @@ def test_longest_runs_first_after_synchronous(compare):
     rest = jobs[6:]
     assert [j.cost for j in rest] == sorted((j.cost for j in rest), reverse=True)
     assert [j.task for j in rest] == ["long"] * 6 + ["short"] * 6
+
+
+@pytest.mark.slow
+def test_stop_at_target_takes_the_target_from_synchronous(compare, tmp_path):
+    """A real two-seed grid: the other families' runs get Synchronous's target as target_acc and
+    stop there; Synchronous runs its whole budget; the report is written."""
+    import json
+
+    from fda import report
+
+    spec = {"seeds": [0, 1], "stop_at_target": True, "target_below_synchronous": 0.02,
+            "families": {"synchronous": {"strategy": "synchronous"},
+                         "fedavg": {"strategy": "fedavg", "tau": "{tau}"}},
+            "tasks": {"t": {"common": {"dataset": "synthetic", "model": "mlp", "max_steps": 120, "eval_every": 10,
+                                       "threads": 1}, "grids": {"tau": [4]}}}}
+    cfg = tmp_path / "grid.yaml"
+    cfg.write_text(yaml.safe_dump(spec))
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    assert compare.main(["--config", str(cfg), "--runs-dir", str(runs), "--results", str(results), "--jobs", "2"]) == 0
+
+    sync = [report.load_run(runs / "t" / "synchronous" / f"seed{s}") for s in (0, 1)]
+    target = min(report.best_accuracy(r) for r in sync) - 0.02
+    assert all(r.attrs["summary_steps"] == 120 for r in sync)
+    for seed in (0, 1):
+        run = runs / "t" / "fedavg-tau4" / f"seed{seed}"
+        assert json.loads((run / "config.json").read_text())["target_acc"] == target
+        log = report.load_run(run)
+        assert log.evals["test_acc"][-1] >= target and (log.evals["test_acc"][:-1] < target).all()
+    assert "Target accuracy" in (results / "compare.md").read_text()
+    # a second call trains nothing: every run, with its target, is done
+    before = {p: p.stat().st_mtime_ns for p in runs.rglob("metrics.h5")}
+    assert compare.main(["--config", str(cfg), "--runs-dir", str(runs), "--results", str(results)]) == 0
+    assert before == {p: p.stat().st_mtime_ns for p in runs.rglob("metrics.h5")}

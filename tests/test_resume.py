@@ -20,7 +20,7 @@ def _run(*args, n=2, timeout=300):
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [
     [],
-    ["strategy=diloco", "tau=20"],  # the outer optimizer's momentum is part of the state
+    ["strategy=diloco", "tau=20", "lr_schedule=cosine"],  # outer momentum in the state; lr from the step
     ["sync_compression=int8", "server_optimizer=nesterov", "server_lr=0.7"],  # + the residuals
 ], ids=["fda", "diloco", "int8-fda-nesterov"])
 def test_kill_and_resume_equals_uninterrupted_run(tmp_path, extra):

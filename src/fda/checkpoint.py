@@ -68,8 +68,9 @@ def _layout(ctx) -> str:
     return f"{ctx.world_size} ranks x {ctx.workers_per_rank} per rank"
 
 
-def save(out: Path, ctx, sync, models, optimizers, loaders) -> None:
-    """Write every worker's and rank's part of step `sync.step_count`, then LATEST (collective)."""
+def save(out: Path, ctx, sync, models, optimizers, loaders, *, finished: bool = False) -> None:
+    """Write every worker's and rank's part of step `sync.step_count`, then LATEST (collective).
+    finished: the run ended here before its budget (it reached target_acc); a resume has nothing to do."""
     step = sync.step_count
     where = _dir(out) / f"step_{step}"
     if ctx.is_root:
@@ -84,7 +85,8 @@ def save(out: Path, ctx, sync, models, optimizers, loaders) -> None:
     if ctx.is_root:
         _atomic_write(sync.state_dict(), where / "sync.pt")
         _atomic_write(json.dumps({"format": FORMAT, "step": step, "workers": ctx.workers,
-                                  "world_size": ctx.world_size, "workers_per_rank": ctx.workers_per_rank}),
+                                  "world_size": ctx.world_size, "workers_per_rank": ctx.workers_per_rank,
+                                  "finished": finished}),
                       where / "meta.json")
     if sync.log is not None:
         sync.log.flush(durable=True)

@@ -57,6 +57,7 @@ class Config(BaseModel):
     batch_size: int = Field(32, ge=1)
     optimizer: Literal["adam", "adamw", "sgd"] | None = None  # None: see STRATEGY_DEFAULTS
     lr: float = Field(1e-3, gt=0.0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decays to 0 over the budget
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
     nesterov: bool = False
     weight_decay: float | None = Field(None, ge=0.0)
@@ -84,6 +85,9 @@ class Config(BaseModel):
 
     # evaluation, logging, checkpoints
     eval_every: int | None = Field(None, ge=1)
+    # time-to-accuracy runs (as MLPerf Training): stop at the first evaluation whose test accuracy
+    # reaches this; the log records the step (summary_reached_target_step)
+    target_acc: float | None = Field(None, gt=0.0, le=1.0)
     audit: bool = False
     checkpoint_every: int | None = Field(None, ge=1)
     log_flush_every: int = Field(200, ge=1)

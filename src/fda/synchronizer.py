@@ -407,10 +407,10 @@ class Synchronizer:
             "strategy": self.describe(), "state_kernel": kernels.backend(),
         }
 
-    def close(self, status: str = "completed", error: str = "") -> dict:
+    def close(self, status: str = "completed", error: str = "", extra: dict | None = None) -> dict:
         """Flush and close the log (status completed, failed, or interrupted: then the log also
-        records `stopped_at_step`); returns the run summary."""
-        summary = self.summary()
+        records `stopped_at_step`); returns the run summary, with `extra` (numbers, also logged)."""
+        summary = {**self.summary(), **(extra or {})}
         if self.log is not None:
             extra = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
             extra["final_test_acc"] = getattr(self, "last_eval", (math.nan,))[0]

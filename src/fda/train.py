@@ -2,10 +2,10 @@
 
     w0 <- rank 0's initial model, broadcast;  w_k <- w0
     for each step:
-        every hosted worker k: one optimizer step on its own mini-batch
+        every hosted worker k: one optimizer step on its own mini-batch (lr: lr_schedule)
         sync.step(losses): state from the drift (native kernel), ONE small Allreduce,
                            H(mean state) > theta  ->  ONE Allreduce of the flat models
-        every eval_every steps: test accuracy of the averaged model
+        every eval_every steps: test accuracy of the averaged model (>= target_acc: stop)
         every checkpoint_every steps: an atomic checkpoint
         a rank got SIGTERM/SIGUSR1 (the flag rides in the step's Allreduce): checkpoint, stop
 """
@@ -46,6 +46,21 @@ def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                            weight_decay=weight_decay)
+
+
+def local_lr(cfg: Config, step: int, total_steps: int) -> float:
+    """The local optimizers' learning rate at `step` (1-based): `lr`, or with lr_schedule=cosine
+    lr/2 (1 + cos(pi (step-1) / total_steps)), from lr down towards 0 at the budget's end. A
+    function of the step alone, so a resumed run continues the same schedule."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * (step - 1) / total_steps))
+
+
+def set_lr(optimizers: list[torch.optim.Optimizer], lr: float) -> None:
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = lr
 
 
 def deterministic_cuda() -> None:
@@ -142,7 +157,8 @@ def _run(cfg: Config, out: Path, ctx: Context, *, resume: bool, overwrite: bool,
             models.append(build_model(cfg.model, data.input_shape, data.num_classes).to(ctx.device))
     spe = steps_per_epoch(data.num_train, ctx.workers, cfg.batch_size)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * spe))
-    if ckpt is not None and ckpt.step >= total_steps:  # e.g. a requeued job that had finished
+    # e.g. a requeued job that had finished (its budget, or at target_acc)
+    if ckpt is not None and (ckpt.step >= total_steps or ckpt.meta.get("finished")):
         return {"already_complete": True, "steps": ckpt.step, "out": str(out)}
     x_train, y_train = data.x_train.to(ctx.device), data.y_train.to(ctx.device)
     loaders = [ShardLoader(x_train, y_train, parts[k], cfg.batch_size, seed=cfg.seed, worker=k)
@@ -163,22 +179,30 @@ def _run(cfg: Config, out: Path, ctx: Context, *, resume: bool, overwrite: bool,
               f"state kernel {fda.kernels.backend()}, device {ctx.device}", file=sys.stderr, flush=True)
     bar = tqdm(total=total_steps, initial=sync.step_count, disable=not (progress and ctx.is_root),
                unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
+    reached_target = False
     try:
         for step in range(sync.step_count + 1, total_steps + 1):
             if cfg.fail_mode == "stall" and cfg.fail_at_step == step and cfg.fail_rank == ctx.rank:
                 time.sleep(STALL_SLEEP_S)  # testing aid: a data loader that hangs (see stall_timeout)
+            if cfg.lr_schedule != "constant":
+                set_lr(optimizers, local_lr(cfg, step, total_steps))
             losses = [local_step(m, o, ld) for m, o, ld in zip(models, optimizers, loaders)]
             sync.step(losses)
 
             if sync.should_evaluate() or step == total_steps:
                 acc, test_loss = evaluate(sync.averaged_model(), data.x_test, data.y_test, ctx)
                 sync.log_eval(acc, test_loss)
+                # acc is an Allreduced value: every rank takes the same decision
+                reached_target = cfg.target_acc is not None and acc >= cfg.target_acc
                 if not bar.disable:
                     bar.write(f"step {step:6d}  epoch {sync.epoch:5.2f}  test_acc {acc:.4f}  "
                               f"syncs {sync.syncs}  {sync.comm_bytes / 1e9:.4f} GB")
-            saved = bool(cfg.checkpoint_every) and (step % cfg.checkpoint_every == 0 or step == total_steps)
+            saved = bool(cfg.checkpoint_every) and (step % cfg.checkpoint_every == 0 or step == total_steps
+                                                    or reached_target)
             if saved:
-                checkpoint.save(out, ctx, sync, models, optimizers, loaders)
+                checkpoint.save(out, ctx, sync, models, optimizers, loaders, finished=reached_target)
+            if reached_target:
+                break
             bar.set_postfix(loss=f"{sync.mean_loss:.3f}", syncs=sync.syncs,
                             GB=f"{sync.comm_bytes / 1e9:.3f}", refresh=False)
             bar.update(1)
@@ -197,7 +221,7 @@ def _run(cfg: Config, out: Path, ctx: Context, *, resume: bool, overwrite: bool,
         sync.close("failed", str(e))
         raise
     bar.close()
-    summary = sync.close()
+    summary = sync.close(extra={"reached_target_step": sync.step_count} if reached_target else None)
     summary["final_test_acc"], summary["final_test_loss"] = sync.last_eval
     summary["out"] = str(out)
     if cfg.audit and ctx.is_root:  # from the log: it holds every step, also those before a resume
@@ -219,4 +243,4 @@ def format_summary(s: dict) -> str:
                f"median H/Var {s['median_bound_over_var']:.3f}" if "bound_holds" in s else ""))
 
 
-__all__ = ["run", "local_step", "evaluate", "make_optimizer", "format_summary", "DatasetError"]
+__all__ = ["run", "local_step", "local_lr", "evaluate", "make_optimizer", "format_summary", "DatasetError"]
