@@ -10,8 +10,8 @@ One command, resumable: a run whose log is completed with the same configuration
 so an interrupted grid continues where it stopped (unfinished runs start over). Every run is
 `fda train` with the task's `common` settings, then its method family's settings, each
 "{name}" placeholder expanded over the task's grid of that name, once per seed. Run logs go
-to bench/runs/ (git-ignored); tables, plots and the scorecard to bench/results/compare.* (the
-quick preset: compare-quick.*). A hand-written "## Analysis" section at the end of the .md is
+to bench/runs/ (git-ignored); tables, plots and the scorecard to bench/results/NAME.*, NAME
+being the grid file's (compare.yaml: compare.*; the quick preset: compare-quick.*). A hand-written "## Analysis" section at the end of the .md is
 kept across reruns.
 
 Families that need features this checkout lacks (their `needs:` in the YAML) stop the script
@@ -402,7 +402,7 @@ def plateau(sync_runs) -> str:
 
 
 def write_report(spec: dict, jobs: list[Job], unavailable: dict, runs_dir: Path, results: Path, command: str,
-                 quick: bool) -> Path:
+                 quick: bool, stem: str = "compare") -> Path:
     from fda import report
     from fda.netmodel import parse_network
 
@@ -411,7 +411,6 @@ def write_report(spec: dict, jobs: list[Job], unavailable: dict, runs_dir: Path,
     networks = tuple(parse_network(n) for n in spec.get("networks", ["datacenter", "ethernet", "wan"]))
     below = float(spec.get("target_below_synchronous", 0.005))
     results.mkdir(parents=True, exist_ok=True)
-    stem = "compare-quick" if quick else "compare"
     plots = results / stem
     plots.mkdir(exist_ok=True)
     md_path = results / f"{stem}.md"
@@ -584,7 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     except PlanError as e:
         print(f"compare: error: {e}", file=sys.stderr)
         return 2
-    runs_dir = Path(args.runs_dir or ROOT / "bench/runs" / ("compare-quick" if args.quick else "compare"))
+    stem = Path(args.config).stem + ("-quick" if args.quick else "")  # compare.yaml -> compare[-quick].md
+    runs_dir = Path(args.runs_dir or ROOT / "bench/runs" / stem)
     if args.plan:
         for task in dict.fromkeys(j.task for j in jobs):
             configs = list(dict.fromkeys(j.config for j in jobs if j.task == task))
@@ -609,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
         if failures:
             print(f"compare: {failures} run(s) failed or could not start; the report covers the others", flush=True)
 
-    md = write_report(spec, jobs, unavailable, runs_dir, Path(args.results), command, args.quick)
+    md = write_report(spec, jobs, unavailable, runs_dir, Path(args.results), command, args.quick, stem)
     print(md.read_text())
     print(f"compare: wrote {md}", flush=True)
     return 0

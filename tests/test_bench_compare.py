@@ -142,7 +142,7 @@ def test_stop_at_target_takes_the_target_from_synchronous(compare, tmp_path):
         assert json.loads((run / "config.json").read_text())["target_acc"] == target
         log = report.load_run(run)
         assert log.evals["test_acc"][-1] >= target and (log.evals["test_acc"][:-1] < target).all()
-    assert "Target accuracy" in (results / "compare.md").read_text()
+    assert "Target accuracy" in (results / "grid.md").read_text()  # named after the grid file
     # a second call trains nothing: every run, with its target, is done
     before = {p: p.stat().st_mtime_ns for p in runs.rglob("metrics.h5")}
     assert compare.main(["--config", str(cfg), "--runs-dir", str(runs), "--results", str(results)]) == 0
