@@ -147,3 +147,16 @@ def test_stop_at_target_takes_the_target_from_synchronous(compare, tmp_path):
     before = {p: p.stat().st_mtime_ns for p in runs.rglob("metrics.h5")}
     assert compare.main(["--config", str(cfg), "--runs-dir", str(runs), "--results", str(results)]) == 0
     assert before == {p: p.stat().st_mtime_ns for p in runs.rglob("metrics.h5")}
+
+
+def test_the_plateau_verdict(compare):
+    """Plateaued when the best accuracy gained at most the target's margin over the last quarter."""
+    import numpy as np
+    from types import SimpleNamespace
+
+    steps = np.arange(1, 9) * 100.0
+    flat = SimpleNamespace(evals={"step": steps, "test_acc": np.array([.5, .7, .8, .85, .88, .89, .893, .894])})
+    rising = SimpleNamespace(evals={"step": steps, "test_acc": np.linspace(.5, .9, 8)})
+    assert "**plateaued**" in compare.plateau([flat], target=0.889, below=0.005)
+    assert "at 75%-75% of the budget" in compare.plateau([flat], target=0.889, below=0.005)
+    assert "NOT plateaued" in compare.plateau([rising], target=0.895, below=0.005)
