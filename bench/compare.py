@@ -367,6 +367,8 @@ def scorecard(task: str, summaries: list[Summary]) -> list[str]:
     if auto:
         r = ratio(auto.median("gb"), fda.median("gb"))
         add("goal: theta=auto within 2x of FDA's best theta (GB)", f"{auto.median('gb'):.4f} GB: {r:.2f}x", r <= 2)
+    elif not any(s.family == "fda-auto" for s in summaries):
+        add("goal: theta=auto within 2x of FDA's best theta (GB)", "theta=auto has no completed run", None)
     else:
         add("goal: theta=auto within 2x of FDA's best theta (GB)", "theta=auto missed the target on a seed", False)
     compressed = best_of(summaries, lambda s: s.kind == "fda-compressed")
@@ -407,7 +409,7 @@ def plateau(sync_runs, target: float, below: float) -> str:
 
 
 def write_report(spec: dict, jobs: list[Job], unavailable: dict, runs_dir: Path, results: Path, command: str,
-                 quick: bool, stem: str = "compare") -> Path:
+                 quick: bool, stem: str = "compare", config_name: str = "compare.yaml") -> Path:
     from fda import report
     from fda.netmodel import parse_network
 
@@ -430,7 +432,7 @@ def write_report(spec: dict, jobs: list[Job], unavailable: dict, runs_dir: Path,
           f"- Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
           f"- Commit: {commit()}",
           f"- Command: `{command}`",
-          f"- Seeds: {', '.join(map(str, spec['seeds']))}. Settings of every run: `bench/configs/compare.yaml`"
+          f"- Seeds: {', '.join(map(str, spec['seeds']))}. Settings of every run: `bench/configs/{config_name}`"
           f"{' (its quick preset)' if quick else ''}.",
           f"- Target rule, per task: the lowest over seeds of Synchronous's best test accuracy within the budget, "
           f"minus {below * 100:g} points. A configuration reaches it only if it does on every seed. GB = the "
@@ -617,7 +619,8 @@ def main(argv: list[str] | None = None) -> int:
         if failures:
             print(f"compare: {failures} run(s) failed or could not start; the report covers the others", flush=True)
 
-    md = write_report(spec, jobs, unavailable, runs_dir, Path(args.results), command, args.quick, stem)
+    md = write_report(spec, jobs, unavailable, runs_dir, Path(args.results), command, args.quick, stem,
+                      Path(args.config).name)
     print(md.read_text())
     print(f"compare: wrote {md}", flush=True)
     return 0
