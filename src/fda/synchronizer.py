@@ -412,9 +412,9 @@ class Synchronizer:
         records `stopped_at_step`); returns the run summary, with `extra` (numbers, also logged)."""
         summary = {**self.summary(), **(extra or {})}
         if self.log is not None:
-            extra = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
-            extra["final_test_acc"] = getattr(self, "last_eval", (math.nan,))[0]
-            attrs = {f"summary_{k}": v for k, v in extra.items()}
+            numbers = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
+            numbers["final_test_acc"] = getattr(self, "last_eval", (math.nan,))[0]
+            attrs = {f"summary_{k}": v for k, v in numbers.items()}
             if status == "interrupted":
                 attrs["stopped_at_step"] = self.step_count
             self.log.close(status, error, extra_attrs=attrs)
