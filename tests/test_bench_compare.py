@@ -76,6 +76,18 @@ def test_the_committed_grid_plans(compare):
     assert {j.task for j in quick} == {"fmnist-iid", "shakespeare"} and len(quick) == 30
 
 
+def test_the_committed_plateau_grid_plans(compare):
+    """One configuration per family and task (the 3-epoch grid's best), 3 seeds, stopping at the target."""
+    spec = yaml.safe_load((REPO / "bench/configs/compare-plateau.yaml").read_text())
+    jobs, _ = compare.plan(spec, quick=False, skip_unavailable=True)
+    assert spec["stop_at_target"] is True
+    for task in ("fmnist-iid", "fmnist-noniid60"):
+        configs = {j.config for j in jobs if j.task == task}
+        assert len(configs) == len(spec["tasks"][task]["families"]) == 12
+        assert all(j.settings["epochs"] == 14 for j in jobs if j.task == task)
+    assert len(jobs) == 72 and {j.seed for j in jobs} == {0, 1, 2}
+
+
 def test_a_completed_run_stays_done_when_fda_gains_a_setting(compare, tmp_path, monkeypatch):
     """Resuming a grid after an upgrade: settings absent from a stored config count if at their default."""
     import json
