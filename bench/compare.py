@@ -7,7 +7,9 @@ on several tasks and seeds (FDA.md sections 5-7; bench/configs/compare.yaml).
     .venv/bin/python bench/compare.py --report-only
 
 One command, resumable: a run whose log is completed with the same configuration is skipped,
-so an interrupted grid continues where it stopped (unfinished runs start over). Every run is
+so an interrupted grid continues where it stopped; a run that was cut off continues from its
+newest checkpoint (written on SIGTERM / SIGUSR1, and every checkpoint_every steps if set), or
+starts over if it has none. Every run is
 `fda train` with the task's `common` settings, then its method family's settings, each
 "{name}" placeholder expanded over the task's grid of that name, once per seed. Run logs go
 to bench/runs/ (git-ignored); tables, plots and the scorecard to bench/results/NAME.*, NAME
@@ -167,10 +169,27 @@ def is_done(out: Path, settings: dict) -> bool:
             stored = json.loads(f.attrs["config"])
     except (FileNotFoundError, OSError, KeyError):
         return False
+    return same_settings(stored, settings)
+
+
+def same_settings(stored: dict, settings: dict) -> bool:
     wanted = json.loads(make_config(settings).to_json())
     defaults = json.loads(Config().to_json())
     return set(stored) <= set(wanted) and all(
         stored[k] == v if k in stored else v == defaults.get(k) for k, v in wanted.items())
+
+
+def can_resume(out: Path, settings: dict) -> bool:
+    """An unfinished run with these settings that left a checkpoint (cut off by SIGTERM / SIGUSR1,
+    or a crash after a checkpoint_every checkpoint): `fda train --resume` continues it."""
+    from fda import checkpoint
+    try:
+        if checkpoint.saved_layout(out) is None:
+            return False
+        stored = json.loads(checkpoint.read_config(out).to_json())
+    except (ConfigError, OSError):
+        return False
+    return same_settings(stored, settings)
 
 
 def sync_target(spec: dict, task: str, jobs: list[Job], runs_dir: Path) -> float | None:
@@ -195,12 +214,17 @@ def stops_at_target(spec: dict, job: Job) -> bool:
 
 
 def train_one(out: Path, settings: dict, fda_bin: Path) -> tuple[int, float]:
-    out.mkdir(parents=True, exist_ok=True)
-    cfg_file = out / "run.yaml"
-    cfg_file.write_text(yaml.safe_dump(settings, sort_keys=True))
-    cmd = [str(fda_bin), "train", "--config", str(cfg_file), "--out", str(out), "--overwrite", "--no-progress"]
+    """Train one run, continuing it from its checkpoint when an earlier call was cut off."""
+    resume = can_resume(out, settings)
+    if resume:
+        cmd = [str(fda_bin), "train", "--resume", str(out), "--no-progress"]
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg_file = out / "run.yaml"
+        cfg_file.write_text(yaml.safe_dump(settings, sort_keys=True))
+        cmd = [str(fda_bin), "train", "--config", str(cfg_file), "--out", str(out), "--overwrite", "--no-progress"]
     t = time.perf_counter()
-    with open(out / "train.log", "w") as log:
+    with open(out / "train.log", "a" if resume else "w") as log:
         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
     return rc, time.perf_counter() - t
 

@@ -172,3 +172,42 @@ def test_the_plateau_verdict(compare):
     assert "**plateaued**" in compare.plateau([flat], target=0.889, below=0.005)
     assert "at 75%-75% of the budget" in compare.plateau([flat], target=0.889, below=0.005)
     assert "NOT plateaued" in compare.plateau([rising], target=0.895, below=0.005)
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_continues_from_its_checkpoint(compare, tmp_path, monkeypatch):
+    """A grid cut off mid-run (SIGTERM: checkpoint, status=interrupted, exit 75) resumes that run
+    with `fda train --resume` instead of training it again from step 0."""
+    import os
+    import signal
+
+    import h5py
+    import numpy as np
+
+    from conftest import rank_pids, start_fda, wait_for_file
+
+    settings = {"dataset": "synthetic", "model": "mlp", "threads": 1, "max_steps": 3000, "eval_every": 500,
+                "checkpoint_every": 100, "seed": 3}
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.yaml").write_text(yaml.safe_dump(settings))
+    proc = start_fda("train", "--config", str(out / "run.yaml"), "--out", str(out), "--no-progress", n=1)
+    wait_for_file(out / "checkpoints" / "LATEST", proc)
+    for pid in rank_pids(proc):
+        os.kill(pid, signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 75, "the run was not interrupted (it may have finished first)"
+    assert not compare.is_done(out, settings)
+    assert compare.can_resume(out, settings)
+    assert not compare.can_resume(out, {**settings, "seed": 4})  # another run's settings start over
+
+    commands = []
+    real_run = compare.subprocess.run
+    monkeypatch.setattr(compare.subprocess, "run", lambda cmd, **kw: commands.append(cmd) or real_run(cmd, **kw))
+    rc, _ = compare.train_one(out, settings, Path(sys.executable).parent / "fda")
+    assert rc == 0, (out / "train.log").read_text()[-2000:]
+    assert "--resume" in commands[0]
+    assert compare.is_done(out, settings)
+    with h5py.File(out / "metrics.h5", "r") as f:
+        steps = f["steps/step"][:]
+    assert np.array_equal(steps, np.arange(steps[0], steps[0] + 3000))  # no step lost or repeated
