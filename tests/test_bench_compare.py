@@ -211,3 +211,24 @@ def test_an_interrupted_run_continues_from_its_checkpoint(compare, tmp_path, mon
     with h5py.File(out / "metrics.h5", "r") as f:
         steps = f["steps/step"][:]
     assert np.array_equal(steps, np.arange(steps[0], steps[0] + 3000))  # no step lost or repeated
+
+
+def test_the_recorded_commit_ignores_the_reports_themselves(compare, tmp_path, monkeypatch):
+    """Regenerating several reports in a row records a clean commit; a changed source file does not."""
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "bench" / "results" / "r.md").write_text("old\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "c")
+    monkeypatch.setattr(compare, "ROOT", tmp_path)
+    (tmp_path / "bench" / "results" / "r.md").write_text("regenerated\n")
+    assert "uncommitted" not in compare.commit()
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert compare.commit().endswith("(with uncommitted changes)")
