@@ -214,7 +214,8 @@ def anchor(heading: str) -> str:
 
 
 def link_citations(text: str) -> str:
-    """`docs/NAME.md, "Heading"` and bare `docs/NAME.md` as links relative to docs/."""
+    """Citations of a docs page (with or without a quoted heading after a comma) as links
+    relative to docs/, where settings.md lives."""
     text = re.sub(r'docs/([\w.-]+\.md), "([^"]+)"',
                   lambda m: f'[{m[1]}, "{m[2]}"]({m[1]}#{anchor(m[2])})', text)
     return re.sub(r"(?<![\[/\w])docs/([\w.-]+\.md)(?![\w,])", r"[\1](\1)", text)
