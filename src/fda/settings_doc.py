@@ -81,7 +81,8 @@ DESCRIPTIONS = {
     "workers_per_rank": "FDA workers hosted by one MPI rank (K = ranks x workers_per_rank)",
     "eval_every": "steps between evaluations of the averaged model; unset, once per epoch",
     "target_acc": "time-to-accuracy runs: stop at the first evaluation whose test accuracy reaches this "
-                  "(every rank stops together; the log's `summary_reached_target_step` says where)",
+                  "(every rank stops together; the log's `summary_reached_target_step` says where; with "
+                  "checkpoints, a resume of such a run has nothing left to do)",
     "audit": "also compute the exact variance at every step (an extra Allreduce, not counted as traffic); "
              "the summary then gives the share of checks with H ≥ Var and the median H/Var",
     "checkpoint_every": "steps between atomic checkpoints (one is also written at the end and on a signal)",
