@@ -88,8 +88,7 @@ def save(out: Path, ctx, sync, models, optimizers, loaders, *, finished: bool = 
                                   "world_size": ctx.world_size, "workers_per_rank": ctx.workers_per_rank,
                                   "finished": finished}),
                       where / "meta.json")
-    if sync.log is not None:
-        sync.log.flush(durable=True)
+    sync.flush_log(durable=True)
     ctx.world.barrier()
     if ctx.is_root:
         latest = _dir(out) / "LATEST"
