@@ -54,6 +54,9 @@ class Config(BaseModel):
     dirichlet_alpha: float = Field(1.0, gt=0.0)
 
     # local training
+    # "epoch" means one pass of a worker over its own shard: `epochs` is the run's budget in such
+    # passes, `local_epochs` (fedopt) and `max_epochs` (fda_opt) the length of a round, and the log's
+    # `epoch` column (Synchronizer.epoch) the passes done so far
     epochs: float = Field(1.0, gt=0.0)
     max_steps: int | None = Field(None, ge=1)
     batch_size: int = Field(32, ge=1)

@@ -31,6 +31,7 @@ from fda.sync.reference import GlobalReference
 from fda.sync.setup import (as_list, broadcast_initial_state, check_hosted, check_same_architecture,
                             merge_settings)
 from fda.sync.variants import make_sync_variant, needs_reference
+from fda.version import __version__
 
 __all__ = ["Synchronizer", "InjectedFailure", "CollectiveError", "FLOAT_BYTES", "DEFAULT_EVAL_EVERY"]
 
@@ -108,7 +109,7 @@ class Synchronizer:
         return {
             "config": self.cfg.to_json(), "world_size": self.ctx.world_size, "workers": self.K,
             "workers_per_rank": self.ctx.workers_per_rank, "num_params": self.d,
-            "fda_version": _version(), "state_kernel": kernels.backend(),
+            "fda_version": __version__, "state_kernel": kernels.backend(),
             "strategy": self.describe(), "theta": self.strategy.theta, "theta_rule": self.theta_rule(),
             "steps_per_epoch": self.steps_per_epoch or 0,
             "state_floats": self.monitor.state_size if self.monitor else 0,
@@ -365,8 +366,3 @@ class Synchronizer:
 
     def load_worker_state_dict(self, j: int, state: dict) -> None:
         self._averaging.load_worker_state_dict(j, state)
-
-
-def _version() -> str:
-    from fda import __version__
-    return __version__
