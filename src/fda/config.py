@@ -19,7 +19,7 @@ from fda.data import DATASET_NAMES, PARTITION_SCHEMES
 from fda.models import MODEL_NAMES
 from fda.monitor import monitor_names
 from fda.outer import OUTER_OPTIMIZERS
-from fda.strategies.registry import STRATEGY_DEFAULTS, strategy_names
+from fda.strategies.registry import AUTO_THETA, STRATEGY_DEFAULTS, strategy_names
 
 # The names a setting accepts are the registries' own: adding a strategy, monitor, outer optimizer,
 # model or dataset to its registry makes it a valid setting here.
@@ -146,8 +146,8 @@ class Config(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Config":
-        if self.theta == "auto" and self.strategy != "fda":
-            raise ValueError("theta=auto applies to strategy=fda only")
+        if self.theta == "auto" and self.strategy not in AUTO_THETA:
+            raise ValueError(f"theta=auto applies to strategy={' or '.join(AUTO_THETA)} only")
         return self
 
     def to_json(self) -> str:

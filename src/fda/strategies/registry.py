@@ -69,6 +69,9 @@ STRATEGY_DEFAULTS: dict[str, dict] = {
     "fda_opt": {"server_optimizer": "sgdm"},
 }
 
+# The strategies whose theta may be chosen by the paper's rule of thumb (theta=auto).
+AUTO_THETA = ("fda",)
+
 
 def strategy_names() -> tuple[str, ...]:
     return tuple(STRATEGIES)
