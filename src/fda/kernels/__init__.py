@@ -207,9 +207,9 @@ def mean_epilogue_(total: torch.Tensor, divisor: int, *, ref: torch.Tensor | Non
     (float32 true division and subtraction); the native CPU op does it in one pass, which matters
     because a sync is memory-bound. Returns ``total``. ``drift=``: a deprecated name of ``update=``."""
     if drift is not None:
-        warnings.warn("mean_epilogue_(drift=...) is deprecated: use update=", DeprecationWarning, stacklevel=2)
         if update is not None:
             raise TypeError("mean_epilogue_: give update= only (drift= is its deprecated name)")
+        warnings.warn("mean_epilogue_(drift=...) is deprecated: use update=", DeprecationWarning, stacklevel=2)
         update = drift
     copies = list(copies)
     if update is not None and ref is None:
