@@ -12,7 +12,7 @@ import copy
 
 import torch
 
-OUTER_OPTIMIZERS = ("none", "sgd", "sgdm", "nesterov", "adam", "adagrad")
+OUTER_OPTIMIZERS = ("none", "sgd", "sgdm", "nesterov", "adam", "adagrad")  # the server_optimizer setting's values
 
 
 class OuterOptimizer:

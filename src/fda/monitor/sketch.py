@@ -9,6 +9,7 @@ import torch
 
 from fda.kernels import packed_size
 from fda.kernels.reference import _GOLDEN, _MASK64, _splitmix64_mix  # the hash family's own mixer
+from fda.kernels.reference import ams_m2
 from fda.monitor.base import Monitor
 
 CORRECTIONS = ("delta", "paper")
@@ -63,11 +64,6 @@ class SketchMonitor(Monitor):
     def describe(self) -> str:
         how = f"delta={self.delta:g}" if self.correction == "delta" else "paper 1/sqrt(m)"
         return f"sketch({self.sketch_depth}x{self.sketch_width}, eps={self.eps:.4f} from {how})"
-
-
-def ams_m2(sketch: np.ndarray) -> float:
-    """M2(sk): the median over rows of each row's sum of squares, an estimate of ||x||^2."""
-    return float(np.median(np.square(sketch, dtype=np.float64).sum(axis=1)))
 
 
 def check_seed(seed: int, step: int) -> int:
