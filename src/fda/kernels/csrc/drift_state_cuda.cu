@@ -117,6 +117,30 @@ __device__ __forceinline__ uint32_t bucket_fast(uint32_t g, uint32_t width2) {
   return __umulhi(g & 0x7FFFFFFEu, width2);
 }
 
+// Table index of a row's bucket: umulhi(g & ~1, 2 m) + row_offset, the offset as the multiply-high's
+// addend (one IMAD.HI).
+__device__ __forceinline__ uint32_t bucket_index(uint32_t g, uint32_t width2, uint32_t row_offset) {
+#if defined(__CUDA_ARCH__)
+  uint32_t r;
+  asm("mad.hi.u32 %0, %1, %2, %3;" : "=r"(r) : "r"(g & 0x7FFFFFFEu), "r"(width2), "r"(row_offset));
+  return r;
+#else
+  return bucket_fast(g, width2) + row_offset;
+#endif
+}
+
+// q or -q by bit 0 of g, as one predicate and one select.
+__device__ __forceinline__ int signed_term(uint32_t g, int q, int mq) {
+#if defined(__CUDA_ARCH__)
+  int v;
+  asm("{\n\t.reg .pred p;\n\t.reg .b32 t;\n\tand.b32 t, %1, 1;\n\tsetp.ne.b32 p, t, 0;\n\t"
+      "selp.b32 %0, %2, %3, p;\n\t}" : "=r"(v) : "r"(g), "r"(mq), "r"(q));
+  return v;
+#else
+  return (g & 1u) ? mq : q;
+#endif
+}
+
 // Fixed-order reduction of a double over the block: shuffle tree in each warp, then warps in
 // index order.  Every thread returns the total.  `red` holds kWarps doubles; callers alternate
 // buffers so that one __syncthreads suffices.
@@ -327,8 +351,8 @@ __global__ void __launch_bounds__(kThreads, FDA_CUDA_MIN_BLOCKS) drift_state_ker
             P[r] = hash::add_mod(P[r], D1[r]);
             D1[r] = hash::add_mod(D1[r], D2[r]);
             D2[r] = hash::add_mod(D2[r], p.d3[r]);
-            const int v = (g & 1u) ? mq : q;
-            const uint32_t b = bucket_fast(g, p.width2) + r * m;
+            const int v = signed_term(g, q, mq);
+            const uint32_t b = bucket_index(g, p.width2, r * m);
             if constexpr (kMode == 1)
               sink += b ^ static_cast<uint32_t>(v);
             else
