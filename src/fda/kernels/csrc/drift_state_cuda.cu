@@ -29,23 +29,25 @@
 //  plus float32 rounding of each unit partial and of the result.  In practice ~1e-6 of the
 //  bucket's magnitude (a few float32 ulps more than a float32 accumulation); exact on data whose
 //  chunk sums are exact (e.g. small integers); the bound is tested in tests/kernels/cuda_checks.py.
-//  Non-finite u (inf, NaN) are added separately in float64 (inf/NaN results do not depend on the
-//  order either).
+//  Non-finite u (inf, NaN) are not scattered: each sets a 2-bit code in its bucket's entry (per
+//  unit, integer atomicOr, so order-independent), and a coded entry's unit partial is that
+//  infinity or NaN, what adding the term in float64 would give.
 //
 // FAST (target: <= 2x the time to read w and w0 once, l = 5, m = 250):
 //  * hashes by forward differences: thread t's indices form one arithmetic progression with step
 //    256 through all of its block's work (its units are contiguous), so each row's cubic is
 //    advanced by 3 modular additions per element (csrc/hash.h's family, same bits as the CPU);
-//    the state is initialised once per block.  Bucket by __umulhi; rows unrolled (template NR).
+//    the state is initialised once per block.  Bucket by one multiply-high, the sign by one
+//    predicate and a select against -q (rows unrolled: template NR).
 //  * int32 shared-memory atomics, two chunk tables used alternately so that one __syncthreads
 //    per chunk suffices (the chunk's L1 reduction) and the flush of the previous chunk overlaps.
+//  * loads: coalesced 4-byte loads, a full chunk without bounds tests; chunk c + 1's loads are
+//    issued before chunk c's reduction and scatter (48 values per thread in flight).
 //  * grid from the occupancy API (FDA_CUDA_GRID=N forces N blocks: tests check the bits do not
-//    change); more than 8 rows, or more than fit in shared memory (16 bytes per entry), are done
-//    in row groups (one launch per group, each re-reads w and w0), never with global atomics.
-//  * coalesced 4-byte loads, 16 per array and thread issued before their first use.
-//  sm_90 SASS (nvcc 13.0, l = 5): 128 registers, no local memory, native ATOMS.ADD; a modular add
-//  is IMAD.IADD + VIADDMNMX, about 12.5 instructions per element and row in all.  Not yet timed
-//  on a GPU (none was available when this was written): bench/kernel.py --device cuda.
+//    change); more than 8 rows, or more than fit in shared memory, are done in row groups (one
+//    launch per group, each re-reads w and w0), never with global atomics.
+//  Machine instructions (sm_90, l = 5): bench/sass_count.py, figures in bench/results/sass.md.
+//  Not yet timed on a GPU: bench/gpu_session.sh.  The design in full: DESIGN.md beside this file.
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
