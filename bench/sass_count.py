@@ -222,7 +222,7 @@ HEADER = """# sm_90 SASS of the drift-state kernel (l = 5, m = 250, with xi)
 
 Written by `bench/sass_count.py` (see its docstring for what is counted).  nvcc 13.0, -O3 --fmad=false.
 
-| version | scatter: insns / atomics = per element-row | common path per chunk / elements per thread = per element | chunk loop (static) | rare paths in it | kernel (static) |
+| version | scatter: insns / atomics = per element-row | chunk loop less rare paths / elements per thread = per element | chunk loop (static) | rare paths in it | kernel (static) |
 | --- | --- | --- | --- | --- | --- |
 """
 
