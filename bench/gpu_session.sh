@@ -144,7 +144,10 @@ $PY -c 'import sys, sysconfig
 std = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib")}
 print("\n".join(p for p in sys.path if p and p not in std and not p.endswith((".zip", "lib-dynload"))))' \
   > "$env_sp/image.pth" || fail_fast env $?
-$PIP --python "$ENV_DIR/bin/python" install -q --no-index --no-deps --find-links "$WHEELS" $CARRIED || fail_fast env $?
+# (a pip older than 22.3 has no --python: then the same layout through --prefix)
+$PIP --python "$ENV_DIR/bin/python" install -q --no-index --no-deps --find-links "$WHEELS" $CARRIED \
+  || $PIP install -q --no-index --no-deps --ignore-installed --prefix "$ENV_DIR" --find-links "$WHEELS" $CARRIED \
+  || fail_fast env $?
 PY=$ENV_DIR/bin/python
 MPIEXEC=$ENV_DIR/bin/mpiexec
 export PATH=$ENV_DIR/bin:$PATH PYTHONPATH=$ROOT/src
