@@ -5,35 +5,52 @@ import atexit
 import math
 import sys
 import traceback
-from dataclasses import dataclass
+import warnings
 
 import numpy as np
 import torch
-from mpi4py import MPI
 
 from fda.comm import Comm, cpu_threads_for_rank
 
 
-@dataclass
 class Context:
     """What a rank knows about the run it is part of (made by `fda.init`).
 
-    comm: the mpi4py communicator, for your own collectives (e.g. `ctx.comm.allreduce(x)`);
-    world: fda's wrapper of it (byte accounting, failure path); rank / world_size: MPI's;
-    workers = world_size * workers_per_rank (K, the number of models averaged);
-    device: this rank's torch device; threads: torch CPU threads; seed: the run's seed.
+    mpi_comm: the mpi4py communicator, for your own collectives (e.g. `ctx.mpi_comm.allreduce(x)`);
+    fda_comm: fda's `fda.comm.Comm` around it (byte accounting, failure and stall protocols);
+    rank / world_size: MPI's; workers = world_size * workers_per_rank (K, the number of models
+    averaged); device: this rank's torch device; threads: torch CPU threads; seed: the run's seed.
     shard_batches: batches per pass of the last `fda.shard` made with this context (None
     before one is made); `Synchronizer.should_evaluate` falls back to it.
+    `ctx.comm` and `ctx.world` are the former names of mpi_comm and fda_comm (deprecated).
     """
-    comm: MPI.Comm
-    world: Comm
-    rank: int
-    world_size: int
-    workers_per_rank: int
-    device: torch.device
-    threads: int
-    seed: int
-    shard_batches: int | None = None
+
+    def __init__(self, mpi_comm=None, fda_comm: Comm | None = None, rank: int = 0, world_size: int = 1,
+                 workers_per_rank: int = 1, device: torch.device | None = None, threads: int = 1, seed: int = 0,
+                 shard_batches: int | None = None, *, comm=None, world: Comm | None = None):
+        if comm is not None or world is not None:
+            _deprecated("Context(comm=..., world=...)", "Context(mpi_comm=..., fda_comm=...)")
+        self.mpi_comm = mpi_comm if mpi_comm is not None else comm
+        self.fda_comm = fda_comm if fda_comm is not None else world
+        self.rank, self.world_size, self.workers_per_rank = rank, world_size, workers_per_rank
+        self.device = device if device is not None else torch.device("cpu")
+        self.threads, self.seed, self.shard_batches = threads, seed, shard_batches
+
+    def __repr__(self) -> str:
+        return (f"Context(rank={self.rank}, world_size={self.world_size}, workers_per_rank={self.workers_per_rank}, "
+                f"device={self.device}, threads={self.threads}, seed={self.seed})")
+
+    @property
+    def comm(self):
+        """Deprecated name of `mpi_comm` (the mpi4py communicator)."""
+        _deprecated("ctx.comm", "ctx.mpi_comm")
+        return self.mpi_comm
+
+    @property
+    def world(self) -> Comm:
+        """Deprecated name of `fda_comm` (fda's communicator)."""
+        _deprecated("ctx.world", "ctx.fda_comm")
+        return self.fda_comm
 
     @property
     def workers(self) -> int:
@@ -43,7 +60,7 @@ class Context:
     @property
     def local_rank(self) -> int:
         """This rank's index among the ranks on its node."""
-        return self.world.local_rank
+        return self.fda_comm.local_rank
 
     @property
     def is_root(self) -> bool:
@@ -55,6 +72,10 @@ class Context:
         return [self.rank * self.workers_per_rank + j for j in range(self.workers_per_rank)]
 
 
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"{old} is deprecated; use {new}", DeprecationWarning, stacklevel=3)
+
+
 def _install_excepthook(world: Comm) -> None:
     """An uncaught exception on one rank ends every rank instead of leaving them blocked in a collective."""
     previous = sys.excepthook
@@ -62,7 +83,7 @@ def _install_excepthook(world: Comm) -> None:
     def hook(exc_type, exc, tb):
         if issubclass(exc_type, KeyboardInterrupt):
             previous(exc_type, exc, tb)
-            world.comm.Abort(130)
+            world.abort(130)
         traceback.print_exception(exc_type, exc, tb, file=sys.stderr)
         world.fail(f"{exc_type.__name__}: {exc}")
 
@@ -70,7 +91,7 @@ def _install_excepthook(world: Comm) -> None:
 
 
 def init(seed: int = 0, *, device: str = "auto", threads: int | None = None, workers_per_rank: int = 1,
-         gpu_aware_mpi: str = "auto", comm: MPI.Comm | None = None, abort_on_error: bool = True) -> Context:
+         gpu_aware_mpi: str = "auto", comm=None, abort_on_error: bool = True) -> Context:
     """Join the MPI world and bind this rank to its device and cores; returns a `Context`.
 
     Call it once per process, before building the model (launch with `mpiexec -n K`; a plain
@@ -102,7 +123,7 @@ def init(seed: int = 0, *, device: str = "auto", threads: int | None = None, wor
     atexit.register(world.stop_watching)
     if abort_on_error:
         _install_excepthook(world)
-    return Context(comm=world.comm, world=world, rank=world.rank, world_size=world.size,
+    return Context(mpi_comm=world.comm, fda_comm=world, rank=world.rank, world_size=world.size,
                    workers_per_rank=workers_per_rank, device=dev, threads=n_threads, seed=seed)
 
 
