@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .datasets import DatasetError
+from .base import DatasetError
 
 __all__ = ["ShardLoader"]
 

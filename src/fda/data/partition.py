@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .datasets import DatasetError
+from .base import DatasetError
 
 __all__ = ["PARTITION_SCHEMES", "partition", "label_histogram", "info_table", "text_info_table", "data_info"]
 
