@@ -54,82 +54,106 @@ def partition(
     """Index arrays (int64), one per worker, that together cover ``range(len(labels))`` exactly once.
 
     ``groups`` (one int per sample: its natural client) is needed by ``natural`` only."""
+    labels = _as_labels(labels)
+    key = scheme_name(scheme)
+    n, k = int(labels.shape[0]), int(num_workers)
+    _check_workers(n, k, num_workers)
+    rng = _rng(seed, key)
+    perm = rng.permutation(n).astype(np.int64)
+    if key == "iid":
+        parts = _split(perm, k)
+    elif key == "noniid":
+        parts = _noniid(labels, perm, k, noniid_fraction)
+    elif key == "label":
+        parts = _label_first(labels, perm, k, label_value)
+    elif key == "natural":
+        parts = _deal_groups(groups, n, k, rng)
+    else:
+        parts = _dirichlet(labels, perm, k, dirichlet_alpha, rng)
+    assert sum(p.size for p in parts) == n
+    if any(p.size == 0 for p in parts):  # cannot happen given k <= n; kept as a guard
+        raise DatasetError(f"partition {key!r} left a worker without data ({n} samples, {k} workers)")
+    return parts
+
+
+def scheme_name(scheme: str) -> str:
+    """The scheme's canonical name (aliases such as non-iid forgiven)."""
+    key = _SCHEME_ALIASES.get(str(scheme).strip().lower(), str(scheme).strip().lower())
+    if key not in PARTITION_SCHEMES:
+        raise DatasetError(f"unknown partition scheme {scheme!r}; valid schemes: {', '.join(PARTITION_SCHEMES)}")
+    return key
+
+
+def _as_labels(labels) -> np.ndarray:
     if hasattr(labels, "numpy"):  # torch tensor
         labels = labels.detach().cpu().numpy()
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise DatasetError(f"labels must be a 1-D array, got shape {labels.shape}")
-    labels = labels.astype(np.int64, copy=False)
-    key = _SCHEME_ALIASES.get(str(scheme).strip().lower(), str(scheme).strip().lower())
-    if key not in PARTITION_SCHEMES:
-        raise DatasetError(f"unknown partition scheme {scheme!r}; valid schemes: {', '.join(PARTITION_SCHEMES)}")
-    n = int(labels.shape[0])
-    k = int(num_workers)
+    return labels.astype(np.int64, copy=False)
+
+
+def _check_workers(n: int, k: int, given) -> None:
     if k < 1:
-        raise DatasetError(f"num_workers must be >= 1, got {num_workers}")
+        raise DatasetError(f"num_workers must be >= 1, got {given}")
     if k > n:
         raise DatasetError(
             f"cannot partition {n} samples among {k} workers: every worker needs at least one sample"
         )
-    rng = _rng(seed, key)
-    perm = rng.permutation(n).astype(np.int64)
 
-    if key == "iid":
-        parts = _split(perm, k)
 
-    elif key == "noniid":
-        frac = float(noniid_fraction)
-        if not 0.0 <= frac <= 1.0:
-            raise DatasetError(f"noniid_fraction must be in [0, 1], got {noniid_fraction}")
-        n1 = int(round(frac * n))
-        head, tail = perm[:n1], perm[n1:]
-        head = head[np.argsort(labels[head], kind="stable")]
-        # Worker w gets sorted piece w of the head and a tail piece sized so that the shard
-        # sizes are balanced (differ by <= 1), which also keeps every shard non-empty.
-        sizes = np.array([a.size for a in np.array_split(np.empty(n), k)])
-        head_sizes = np.array([a.size for a in np.array_split(head, k)])
-        tail_cuts = np.cumsum(sizes - head_sizes)[:-1]  # sizes - head_sizes >= 0 always
-        parts = [np.concatenate([a, b]).astype(np.int64)
-                 for a, b in zip(_split(head, k), np.split(tail, tail_cuts))]
+def _noniid(labels: np.ndarray, perm: np.ndarray, k: int, fraction: float) -> list[np.ndarray]:
+    """Worker w gets sorted piece w of the head and a tail piece sized so that the shard sizes are
+    balanced (differ by <= 1), which also keeps every shard non-empty."""
+    frac = float(fraction)
+    if not 0.0 <= frac <= 1.0:
+        raise DatasetError(f"noniid_fraction must be in [0, 1], got {fraction}")
+    n = perm.size
+    n1 = int(round(frac * n))
+    head, tail = perm[:n1], perm[n1:]
+    head = head[np.argsort(labels[head], kind="stable")]
+    sizes = np.array([a.size for a in np.array_split(np.empty(n), k)])
+    head_sizes = np.array([a.size for a in np.array_split(head, k)])
+    tail_cuts = np.cumsum(sizes - head_sizes)[:-1]  # sizes - head_sizes >= 0 always
+    return [np.concatenate([a, b]).astype(np.int64) for a, b in zip(_split(head, k), np.split(tail, tail_cuts))]
 
-    elif key == "label":
-        y = int(label_value)
-        is_y = labels[perm] == y
-        if not is_y.any():
-            present = np.unique(labels)
-            raise DatasetError(
-                f"label scheme: no sample has label {y}; labels present: {present.tolist()[:20]}"
-                + (" ..." if present.size > 20 else "")
-            )
-        parts = _split(np.concatenate([perm[is_y], perm[~is_y]]), k)
 
-    elif key == "natural":
-        parts = _deal_groups(groups, n, k, rng)
+def _label_first(labels: np.ndarray, perm: np.ndarray, k: int, label_value: int) -> list[np.ndarray]:
+    y = int(label_value)
+    is_y = labels[perm] == y
+    if not is_y.any():
+        present = np.unique(labels)
+        raise DatasetError(
+            f"label scheme: no sample has label {y}; labels present: {present.tolist()[:20]}"
+            + (" ..." if present.size > 20 else "")
+        )
+    return _split(np.concatenate([perm[is_y], perm[~is_y]]), k)
 
-    else:  # dirichlet
-        alpha = float(dirichlet_alpha)
-        if not alpha > 0.0:
-            raise DatasetError(f"dirichlet_alpha must be > 0, got {dirichlet_alpha}")
-        shards: list[list[np.ndarray]] = [[] for _ in range(k)]
-        for c in np.unique(labels):
-            idx = perm[labels[perm] == c]  # this class's samples, in shuffled order
-            p = rng.dirichlet(np.full(k, alpha))
-            cuts = np.floor(np.cumsum(p)[:-1] * idx.size).astype(np.int64)
-            for w, piece in enumerate(np.split(idx, cuts)):
-                shards[w].append(piece)
-        parts = [np.concatenate(s) if s else np.empty(0, np.int64) for s in shards]
-        # Small alpha can leave a worker empty: give it one sample from the currently largest
-        # shard (deterministic; moves at most K-1 samples).
-        for w in range(k):
-            if parts[w].size == 0:
-                big = int(np.argmax([p.size for p in parts]))
-                parts[w] = parts[big][-1:].copy()
-                parts[big] = parts[big][:-1]
-        parts = [np.ascontiguousarray(p, dtype=np.int64) for p in parts]
 
-    assert sum(p.size for p in parts) == n
-    if any(p.size == 0 for p in parts):  # cannot happen given k <= n; kept as a guard
-        raise DatasetError(f"partition {key!r} left a worker without data ({n} samples, {k} workers)")
+def _dirichlet(labels: np.ndarray, perm: np.ndarray, k: int, alpha_given: float,
+               rng: np.random.Generator) -> list[np.ndarray]:
+    alpha = float(alpha_given)
+    if not alpha > 0.0:
+        raise DatasetError(f"dirichlet_alpha must be > 0, got {alpha_given}")
+    shards: list[list[np.ndarray]] = [[] for _ in range(k)]
+    for c in np.unique(labels):
+        idx = perm[labels[perm] == c]  # this class's samples, in shuffled order
+        p = rng.dirichlet(np.full(k, alpha))
+        cuts = np.floor(np.cumsum(p)[:-1] * idx.size).astype(np.int64)
+        for w, piece in enumerate(np.split(idx, cuts)):
+            shards[w].append(piece)
+    parts = [np.concatenate(s) if s else np.empty(0, np.int64) for s in shards]
+    return [np.ascontiguousarray(p, dtype=np.int64) for p in _fill_empty(parts)]
+
+
+def _fill_empty(parts: list[np.ndarray]) -> list[np.ndarray]:
+    """Small alpha can leave a worker empty: give it one sample from the currently largest shard
+    (deterministic; moves at most K-1 samples)."""
+    for w in range(len(parts)):
+        if parts[w].size == 0:
+            big = int(np.argmax([p.size for p in parts]))
+            parts[w] = parts[big][-1:].copy()
+            parts[big] = parts[big][:-1]
     return parts
 
 
@@ -251,7 +275,7 @@ def data_info(
     parts = _partition(labels, num_workers, scheme, seed=seed, groups=ds.train_groups, **partition_params)
     sizes = [p.size for p in parts]
     relevant = {"noniid": "noniid_fraction", "label": "label_value", "dirichlet": "dirichlet_alpha"}
-    key = _SCHEME_ALIASES.get(str(scheme).strip().lower(), str(scheme).strip().lower())
+    key = scheme_name(scheme)
     params = ", ".join(f"{k}={v}" for k, v in sorted(partition_params.items()) if k == relevant.get(key))
     kind = (f"{ds.num_classes}-character vocabulary, {len(ds.group_names)} roles" if ds.train_groups is not None
             else f"{ds.num_classes} classes")
