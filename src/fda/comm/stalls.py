@@ -22,6 +22,10 @@ REPORT_TAG, QUERY_TAG, POSITION_TAG, VERDICT_TAG = 79, 80, 81, 82
 QUERY_TIMEOUT_S = 5.0  # how long rank 0 waits for the other ranks' positions after a stall
 
 
+def _when(step: int) -> str:
+    return f"at step {step}" if step else "before the first step"
+
+
 @dataclass
 class Position:
     """Where this rank's main thread is, as far as collectives go (read by the watcher thread).
@@ -46,10 +50,10 @@ class Position:
         self.since = time.monotonic()
 
     def describe(self, now: float) -> str:
-        where = f"step {self.step}" if self.step else "before the first step"
+        where = _when(self.step)
         if self.inside:
-            return f"in the {self.what} at {where} for {now - self.since:.1f} s"
-        return f"at {where}, outside any collective for {now - self.since:.1f} s"
+            return f"in the {self.what} {where} for {now - self.since:.1f} s"
+        return f"{where}, outside any collective for {now - self.since:.1f} s"
 
 
 class StallWatch:
@@ -135,13 +139,13 @@ class StallWatch:
 
 def stall_verdict(report: dict, late: list[int], positions: dict, timeout: float) -> str:
     """What every rank prints: which ranks are late and where each of them is."""
-    where = f"step {report['step']}" if report["step"] else "before the first step"
+    where = _when(report["step"])
     if not late:
-        return (f"stall: every rank reached the {report['what']} at {where}, but it has not completed "
+        return (f"stall: every rank reached the {report['what']} {where}, but it has not completed "
                 f"within stall_timeout={timeout:g} s (a network or MPI problem)")
     ranks = ", ".join(map(str, late))
     detail = "; ".join(f"rank {r} is {positions[r]['where']}" if r in positions
                        else f"rank {r} does not answer (frozen?)" for r in late)
     plural = "ranks" if len(late) > 1 else "rank"
-    return (f"stall: {plural} {ranks} did not reach the {report['what']} at {where} within "
+    return (f"stall: {plural} {ranks} did not reach the {report['what']} {where} within "
             f"stall_timeout={timeout:g} s ({detail}); the other ranks are waiting there")

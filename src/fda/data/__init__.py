@@ -12,7 +12,7 @@ from .datasets import (
     search_dirs,
 )
 from .fetch import fetch
-from .loader import ShardLoader
+from .loader import BatchOrder, ShardLoader, steps_per_epoch
 from .partition import PARTITION_SCHEMES, data_info, info_table, label_histogram, partition
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "PARTITION_SCHEMES",
     "Dataset",
     "DatasetError",
+    "BatchOrder",
     "ShardLoader",
     "clear_cache",
     "data_info",
@@ -32,4 +33,5 @@ __all__ = [
     "partition",
     "read_idx",
     "search_dirs",
+    "steps_per_epoch",
 ]
