@@ -51,3 +51,14 @@ def write_cifar(d: Path, kind="cifar10", per_batch=6, seed=0):
             pickle.dump(obj, fh, protocol=2)
         out[f] = (data, labels)
     return out
+
+
+def seeded_random():
+    """A random.Random for a test's random choices. The seed is printed, so pytest shows it with a
+    failure, and FDA_TEST_SEED=N repeats the same choices."""
+    import os
+    import random
+
+    seed = int(os.environ.get("FDA_TEST_SEED") or random.SystemRandom().randrange(2**32))
+    print(f"random choices seeded with {seed} (FDA_TEST_SEED={seed} repeats them)", flush=True)
+    return random.Random(seed)
