@@ -12,7 +12,13 @@ from __future__ import annotations
 
 import os
 
-from . import cifar, idx, shakespeare, synthetic  # noqa: F401 - each registers its datasets
+# isort: off
+# each source registers its datasets when imported, in this order (the order names are listed in)
+from . import idx  # noqa: F401
+from . import cifar  # noqa: F401
+from . import synthetic  # noqa: F401
+from . import shakespeare  # noqa: F401
+# isort: on
 from .base import Dataset, DatasetError, canonical_name, clear_cache, dataset_names, source
 from .idx import read_idx
 from .paths import search_dirs
