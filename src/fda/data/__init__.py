@@ -13,7 +13,8 @@ from .datasets import (
 )
 from .fetch import fetch
 from .loader import BatchOrder, ShardLoader, steps_per_epoch
-from .partition import PARTITION_SCHEMES, data_info, info_table, label_histogram, partition
+from .info import data_info, info_table, label_histogram
+from .partition import PARTITION_SCHEMES, partition
 
 __all__ = [
     "DATASET_NAMES",
