@@ -199,8 +199,8 @@ def sync_target(spec: dict, task: str, jobs: list[Job], runs_dir: Path) -> float
     sync = [j for j in jobs if j.task == task and j.family == "synchronous"]
     if not sync or not all(is_done(runs_dir.joinpath(*j.path), j.settings) for j in sync):
         return None
-    best = min(report.best_accuracy(report.load_run(runs_dir.joinpath(*j.path))) for j in sync)
-    return best - float(spec.get("target_below_synchronous", 0.005))
+    runs = [report.load_run(runs_dir.joinpath(*j.path)) for j in sync]
+    return report.synchronous_target(runs, float(spec.get("target_below_synchronous", report.SYNC_MARGIN)))
 
 
 def with_target(job: Job, target: float) -> Job:
@@ -442,7 +442,7 @@ def write_report(spec: dict, jobs: list[Job], unavailable: dict, runs_dir: Path,
     spec = resolve_spec(spec, quick)
     families = spec["families"]
     networks = tuple(parse_network(n) for n in spec.get("networks", ["datacenter", "ethernet", "wan"]))
-    below = float(spec.get("target_below_synchronous", 0.005))
+    below = float(spec.get("target_below_synchronous", report.SYNC_MARGIN))
     results.mkdir(parents=True, exist_ok=True)
     plots = results / stem
     plots.mkdir(exist_ok=True)
@@ -488,7 +488,7 @@ def write_report(spec: dict, jobs: list[Job], unavailable: dict, runs_dir: Path,
         if not sync_runs or sync_seeds != set(spec["seeds"]):
             md += ["Synchronous has not finished on every seed: no target.", ""]
             continue
-        target = min(report.best_accuracy(r) for r in sync_runs) - below
+        target = report.synchronous_target(sync_runs, below)
         md += [f"Target accuracy: **{target:.4f}**.", "", plateau(sync_runs, target, below), ""]
         config_rows: dict[str, list[dict]] = {}
         for j, r in runs.items():
