@@ -1,5 +1,5 @@
 """The comparison: bytes, steps and modelled network time to a target accuracy, per method,
-on several tasks and seeds (FDA.md sections 5-7; bench/configs/compare.yaml).
+on several tasks and seeds (docs/algorithm.md, "Byte accounting", "The paper's experiments" and "Time on a network"; bench/configs/compare.yaml).
 
     .venv/bin/python bench/compare.py --jobs 2     # the full grid
     .venv/bin/python bench/compare.py --quick      # the quick preset (about 20 minutes)
@@ -462,7 +462,7 @@ def write_report(spec: dict, jobs: list[Job], unavailable: dict, runs_dir: Path,
           f"{' (its quick preset)' if quick else ''}.",
           f"- Target rule, per task: the lowest over seeds of Synchronous's best test accuracy within the budget, "
           f"minus {below * 100:g} points. A configuration reaches it only if it does on every seed. GB = the "
-          "paper's accounting (FDA.md section 5), steps = in-parallel steps, both at the first evaluation at or "
+          "paper's accounting (docs/algorithm.md, \"Byte accounting\"), steps = in-parallel steps, both at the first evaluation at or "
           "above the target; figures are the median [min-max] over seeds; each family's best configuration is "
           "its fewest median GB among those reaching the target on every seed.",
           *([f"- stop_at_target: every run but Synchronous's stops at the first evaluation reaching the target "

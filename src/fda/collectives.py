@@ -1,6 +1,6 @@
 """How a sync's bytes travel: the K workers' models averaged with MPI collectives.
 
-`ExactMean` (sync_compression=none) is the float32 sync of FDA.md section 3: the hosted
+`ExactMean` (sync_compression=none) is the float32 sync of docs/algorithm.md, "The training step": the hosted
 workers' flat buffers summed locally, ONE in-place Allreduce, then ONE pass over the sum
 (kernels.mean_epilogue_) that divides by K and, when the mean becomes the new global model,
 also refreshes w0, the update direction and the other hosted workers' copies.
@@ -10,7 +10,7 @@ that needs the old w0 afterwards): then every hosted worker's flat buffer and `r
 new model, and `update` (if given) as new - old over its length (the caller normalises it into
 xi). False: only worker 0's flat buffer holds the mean, and the caller finishes the sync.
 
-`QuantizedMean` (int16, int8) is the compressed sync of FDA.md section 7. Every hosted worker
+`QuantizedMean` (int16, int8) is the compressed sync of docs/algorithm.md, "Compressed syncs". Every hosted worker
 k sends v_k = u_k + e_k (its drift from the last global flat model w0 plus its error-feedback
 residual), quantized; the new global model is w0 + mean_k Q(v_k), and e_k <- v_k - Q(v_k)
 keeps what the quantization dropped for the next sync. It stays bit-identical on every rank:
@@ -133,7 +133,7 @@ class ExactMean:
         return buf
 
     def wire_bytes(self, n: int) -> int:
-        """Bytes one worker sends for n values in the paper's accounting (FDA.md section 5)."""
+        """Bytes one worker sends for n values in the paper's accounting (docs/algorithm.md, "Byte accounting")."""
         return FLOAT_BYTES * n
 
     def worker_state_dict(self, j: int) -> dict:

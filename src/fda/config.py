@@ -30,7 +30,7 @@ DATASETS = DATASET_NAMES
 PARTITIONS = PARTITION_SCHEMES
 # The generic defaults of the settings whose default (None) a strategy may choose (STRATEGY_DEFAULTS).
 DEFAULTS = {"tau": 1, "server_optimizer": "none", "server_lr": 0.316, "optimizer": "adam", "weight_decay": 0.0}
-THETA_RULES = {"hpc": 2.7e-5, "balanced": 3.9e-5, "fl": 4.9e-5}  # FDA.md section 6: theta = c * d
+THETA_RULES = {"hpc": 2.7e-5, "balanced": 3.9e-5, "fl": 4.9e-5}  # docs/algorithm.md, "theta=auto": theta = c * d
 # How a run is executed, not what it computes: these may change when it resumes (K = ranks x
 # workers_per_rank must not; fda.checkpoint checks it).
 EXECUTION_KEYS = ("workers_per_rank", "threads", "device", "gpu_aware_mpi", "stall_timeout", "checkpoint_every",

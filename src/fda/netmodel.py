@@ -1,4 +1,4 @@
-"""Modelled wall time to a target accuracy on a network (FDA.md section 7, "Time on a network").
+"""Modelled wall time to a target accuracy on a network (docs/algorithm.md, "Time on a network").
 
 On one machine MPI moves bytes through shared memory, so a run's measured time says nothing
 about the networks where communication efficiency matters. This module prices each run's

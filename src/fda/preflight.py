@@ -149,7 +149,7 @@ def _check_kernel(device: torch.device) -> tuple[str, str]:
         return FAIL, f"the {backend} drift_state op disagrees with the reference on the CPU"
     if device.type == "cuda" and not kernels.cuda_kernel_available():
         return FAIL, ("the tensors will be on CUDA but libfda_kernels has no CUDA kernel (built without nvcc "
-                      "or against a CPU-only torch): rebuild on the GPU node, see the README's GPU set-up")
+                      "or against a CPU-only torch): rebuild on the GPU node, see docs/cluster.md, section GPU nodes")
     if backend != "native":
         return WARN, ("native op not loaded, using the pure-torch reference (slower): "
                       f"{kernels._native_state['error']}; run `make native`")

@@ -1,6 +1,6 @@
 """`fda report RUN [RUN ...] [--target-acc X] [--out DIR]`: plots and a comparison table.
 
-The question it answers (FDA.md sections 5-6): how many bytes and how many in-parallel
+The question it answers (docs/algorithm.md, "Byte accounting" and "The paper's experiments"): how many bytes and how many in-parallel
 steps does each run need to reach a target test accuracy? Both are read at the first
 evaluation whose accuracy is >= the target; bytes are the paper's accounting
 (`comm_bytes`: 2*K*4d per sync + K*4|S| per check), GB = 1e9 bytes.

@@ -212,7 +212,7 @@ class Synchronizer:
     # ------------------------------------------------------ read-only views
     @property
     def comm_bytes(self) -> int:
-        """Bytes in the paper's accounting, at the width really sent (FDA.md section 5)."""
+        """Bytes in the paper's accounting, at the width really sent (docs/algorithm.md, "Byte accounting")."""
         return self._accounting.comm_bytes
 
     @property

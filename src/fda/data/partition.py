@@ -1,4 +1,4 @@
-"""Cutting a training set into K worker shards (FDA.md section 6).
+"""Cutting a training set into K worker shards (docs/algorithm.md, "Partitions").
 
 Schemes (all deterministic by ``seed``; every worker gets a non-empty shard):
 

@@ -113,7 +113,7 @@ def _warn_fallback(device: torch.device) -> None:
             warnings.warn("fda.kernels: the tensors are on CUDA but libfda_kernels was built WITHOUT its CUDA "
                           "kernel (no nvcc, or a CPU-only torch, when `make native` ran): using the pure-torch "
                           "reference, which is slow and not bit-reproducible on a GPU. Rebuild on the GPU node "
-                          "with nvcc on PATH: `rm -rf build/native && make native` (see the README's GPU set-up)",
+                          "with nvcc on PATH: `rm -rf build/native && make native` (see docs/cluster.md, section GPU nodes)",
                           RuntimeWarning, stacklevel=3)
     elif not _native_state["warned"]:
         _native_state["warned"] = True

@@ -5,7 +5,7 @@ averaged (one Allreduce); a function H of the mean state bounds the model varian
 
     Var = (1/K) sum_k ||u_k||^2 - ||mean_k u_k||^2   <=   H(mean_k S_k).
 
-See FDA.md section 2. `PerWorkerMonitor` is Kamp et al.'s rule (max_k ||u_k||^2,
+See docs/algorithm.md, "The variance bound". `PerWorkerMonitor` is Kamp et al.'s rule (max_k ||u_k||^2,
 reduced with MAX), which bounds each worker's drift rather than the variance.
 
 The registry lives here, not in `base` (which its subclasses import): `make_monitor` builds one by name.

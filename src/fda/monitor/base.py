@@ -77,7 +77,7 @@ class Monitor(ABC):
 
 
 def exact_variance(mean_sqnorm: float, mean_drift_sqnorm: float) -> float:
-    """Var = mean_k ||u_k||^2 - ||mean_k u_k||^2 (FDA.md section 2): what every bound H bounds,
+    """Var = mean_k ||u_k||^2 - ||mean_k u_k||^2 (docs/algorithm.md, "The variance bound"): what every bound H bounds,
     measured exactly where both terms are known (FDA-Opt's threshold at a sync, the tests)."""
     return mean_sqnorm - mean_drift_sqnorm
 

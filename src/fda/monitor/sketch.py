@@ -1,4 +1,4 @@
-"""The Sketch monitor (FDA.md section 2) with a correction that keeps its promise (section 7)."""
+"""The Sketch monitor (docs/algorithm.md, "The Sketch monitor") with a correction that keeps its promise (docs/algorithm.md, "The Sketch correction")."""
 from __future__ import annotations
 
 import math
@@ -113,7 +113,7 @@ def chi2_quantile(dof: int, upper: float) -> float:
 def delta_correction(depth: int, width: int, delta: float) -> float:
     """The eps that makes the Sketch bound fail with probability <= delta at one check.
 
-    In FDA.md's terms, with x = mean_k u_k (the mean drift), row r's estimate
+    In the terms of docs/algorithm.md, "The Sketch monitor", with x = mean_k u_k (the mean drift), row r's estimate
     Y_r = sum_j sk[r][j]^2 and M2 = median_r Y_r: the ||u_k||^2 term of H is exact, so
     H < Var exactly when M2 > (1+eps) ||x||^2.
 

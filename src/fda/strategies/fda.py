@@ -7,7 +7,7 @@ from fda.strategies.base import Strategy
 
 
 class FDA(Strategy):
-    """Sync iff H(mean state) > theta, checked every `check_every` steps (FDA.md section 3).
+    """Sync iff H(mean state) > theta, checked every `check_every` steps (docs/algorithm.md, "The training step").
 
     With the per-worker monitor this is Kamp et al.'s rule (max_k ||u_k||^2 > theta).
     theta = 0 syncs at every check: the Synchronous baseline when check_every = 1.
@@ -45,7 +45,7 @@ class FDA(Strategy):
 
 
 class FDAOpt(FDA):
-    """FDA-Opt (FDA.md section 4): checked once per local epoch, a sync forced after
+    """FDA-Opt (docs/algorithm.md, "FDA-Opt"): checked once per local epoch, a sync forced after
     `max_epochs` (its outer optimizer, by default FedAvgM's, is fda.outer's), and theta set after each round r from
     the exact variance of the models received:  theta_{r+1} = ((max_epochs/2) / E_r) * Var_r.
     The first round has theta = 0, so it syncs after one epoch.
