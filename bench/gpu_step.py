@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import statistics
 import subprocess
 import sys
@@ -70,6 +71,14 @@ def kernel_ms(sync, reps: int = 50) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times[5:])
+
+
+def current_commit() -> str:
+    """The commit measured: FDA_COMMIT when set (bench/gpu_session.sh runs from a copy without .git), else git's."""
+    if os.environ.get("FDA_COMMIT"):
+        return os.environ["FDA_COMMIT"]
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=ROOT).stdout.strip() or "unknown"
 
 
 def run_one(ctx, model_name: str, strategy: str, steps: int, warmup: int) -> dict:
@@ -128,8 +137,7 @@ def main() -> None:
     rows = [run_one(ctx, m, s, args.steps, args.warmup) for m in args.models.split(",") for s in STRATEGIES]
     if ctx.rank != 0:
         return
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip() or "unknown"
+    commit = current_commit()
     props = torch.cuda.get_device_properties(ctx.device)
     lines = [f"# GPU step time ({datetime.date.today()}, commit {commit})", "",
              f"Device: {props.name} ({props.total_memory / 2**30:.0f} GiB), torch {torch.__version__}, "

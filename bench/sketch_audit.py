@@ -39,7 +39,7 @@ def audit_runs(ctx, seeds: list[int], settings: list[str], echo=None) -> list[di
     """One audited run per seed in `ctx`; on rank 0 the figures of each (elsewhere an empty list)."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="fda-audit-") as tmp:
-        out = Path(ctx.world.bcast_object(tmp))
+        out = Path(ctx.fda_comm.bcast_object(tmp))
         for seed in seeds:
             cfg = make_config({**DEFAULTS, "workers_per_rank": ctx.workers_per_rank, "seed": seed},
                               overrides=settings)
@@ -49,7 +49,7 @@ def audit_runs(ctx, seeds: list[int], settings: list[str], echo=None) -> list[di
                              "holds": s["bound_holds"], "median_h_over_var": s["median_bound_over_var"]})
                 if echo:
                     echo(rows[-1])
-        ctx.world.barrier()
+        ctx.fda_comm.barrier()
     return rows
 
 

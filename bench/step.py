@@ -142,7 +142,7 @@ def worker(model: str, steps: int, out: Path, result: Path, bare_reps: int) -> N
     bare = {"bare": np.ones(n, dtype=np.float32)}
     for width, bits in (("int16", 16), ("int8", 8)):  # the same wire bytes as the compressed syncs' fields
         bare[f"bare_{width}"] = np.zeros(-(-n * bits // 64), dtype=np.uint64)
-    comm = ctx.comm
+    comm = ctx.mpi_comm
 
     def timed(fn) -> float:
         comm.Barrier()
@@ -158,10 +158,10 @@ def worker(model: str, steps: int, out: Path, result: Path, bare_reps: int) -> N
             if i >= 3:
                 times[name].append(t_)
         for name, sync in [*arms.items(), *floors.items()]:
-            before = ctx.world.bytes.get("sync")
+            before = ctx.fda_comm.bytes.get("sync")
             t_ = timed(lambda: sync.step(0.0))
             if name in moved:
-                moved[name] += ctx.world.bytes.get("sync") - before
+                moved[name] += ctx.fda_comm.bytes.get("sync") - before
             if i >= 3:
                 times[name].append(t_)
     sync_bytes = {name: moved[name] // max(1, sync.syncs) for name, sync in arms.items()}
@@ -169,7 +169,7 @@ def worker(model: str, steps: int, out: Path, result: Path, bare_reps: int) -> N
         result.write_text(json.dumps({"model": model, "ranks": ctx.world_size, "steps": steps,
                                       "flat_floats": n, "micro": times, "sync_bytes": sync_bytes,
                                       "arrays": arrays, "attrs": attrs}))
-    ctx.world.stop_watching()
+    ctx.fda_comm.stop_watching()
 
 
 # ------------------------------------------------------------------------------ analysis

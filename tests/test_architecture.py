@@ -1,6 +1,6 @@
 """The package's shape, read from its source with `ast` (imports inside functions count too):
 mpi4py is imported by the comm room only, and no two modules import each other, directly or
-through others."""
+through others. Imports under `if TYPE_CHECKING:` never run, so they are not counted."""
 import ast
 from pathlib import Path
 
@@ -25,10 +25,30 @@ def is_package(name: str) -> bool:
     return MODULES.get(name, Path()).name == "__init__.py"
 
 
+def is_type_checking_block(node: ast.AST) -> bool:
+    if not isinstance(node, ast.If):
+        return False
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def run_time_nodes(tree: ast.AST):
+    """Every node of the tree except those inside an `if TYPE_CHECKING:` block (its else runs)."""
+    for node in ast.iter_child_nodes(tree):
+        yield node
+        if is_type_checking_block(node):
+            for branch in node.orelse:
+                yield branch
+                yield from run_time_nodes(branch)
+        else:
+            yield from run_time_nodes(node)
+
+
 def imported_names(name: str, tree: ast.AST) -> list[str]:
     """Every module this module's source imports (at any depth), as dotted names."""
     found = []
-    for node in ast.walk(tree):
+    for node in run_time_nodes(tree):
         if isinstance(node, ast.Import):
             found += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -109,6 +129,17 @@ def test_a_function_local_import_closes_a_circle():
     ("from .comm import Comm", ["fda.comm"]),
     ("from fda import __version__", ["fda"]),             # a name of the package itself
     ("import mpi4py.MPI", ["mpi4py.MPI"]),
+    ("if TYPE_CHECKING:\n    from fda.config import Config\nelse:\n    import json", ["json"]),
+    ("if typing.TYPE_CHECKING:\n    import fda.config", []),
+    ("def f():\n    if x:\n        import fda.config", ["fda.config"]),
 ])
 def test_imports_are_resolved_to_modules(source, expected):
     assert imported_names("fda.cli", ast.parse(source)) == expected
+
+
+def test_no_source_file_cites_the_specification():
+    """The package points readers at docs/, never at the specification it was built from."""
+    citing = [str(p.relative_to(SRC)) for p in sorted(SRC.rglob("*"))
+              if p.is_file() and p.suffix in {".py", ".cu", ".cpp", ".h", ".md", ".txt"}
+              and "FDA.md" in p.read_text(errors="replace")]
+    assert citing == []

@@ -34,11 +34,11 @@ def test_too_many_workers_for_the_width_is_refused_before_the_run(tmp_path):
 
 
 def gathered(ctx, t):
-    return [torch.as_tensor(x) for x in ctx.comm.allgather(t.detach().cpu().numpy())]
+    return [torch.as_tensor(x) for x in ctx.mpi_comm.allgather(t.detach().cpu().numpy())]
 
 
 def everywhere(ctx, ok: bool) -> bool:
-    return all(ctx.comm.allgather(bool(ok)))
+    return all(ctx.mpi_comm.allgather(bool(ok)))
 
 
 def hosted(ctx, n=2, seed=0):
@@ -56,7 +56,7 @@ def hosted(ctx, n=2, seed=0):
 def test_exact_mean_is_the_mean_of_all_workers(mpi_ctx):
     workers = hosted(mpi_ctx)
     every = torch.stack([f for g in gathered(mpi_ctx, torch.stack([w.flat for w in workers])) for f in g])
-    mean = ExactMean(mpi_ctx.world, K=every.shape[0]).average_(workers)
+    mean = ExactMean(mpi_ctx.fda_comm, K=every.shape[0]).average_(workers)
     assert mean.data_ptr() == workers[0].flat.data_ptr()
     ok = torch.allclose(mean, every.mean(0), rtol=1e-6, atol=1e-7)
     assert everywhere(mpi_ctx, ok and all(torch.equal(g, mean) for g in gathered(mpi_ctx, mean)))
@@ -67,9 +67,9 @@ def test_exact_mean_is_the_mean_of_all_workers(mpi_ctx):
 def test_mean_of_tensors_replaces_every_workers_tensors(mpi_ctx, packed):
     torch.manual_seed(mpi_ctx.rank)
     per_worker = [[torch.randn(3), torch.randn(2, 2)] for _ in range(2)]
-    every = [ts for g in mpi_ctx.comm.allgather([[t.numpy().copy() for t in w] for w in per_worker]) for ts in g]
+    every = [ts for g in mpi_ctx.mpi_comm.allgather([[t.numpy().copy() for t in w] for w in per_worker]) for ts in g]
     K = len(every)
-    mean_of_tensors_(mpi_ctx.world, per_worker, K, packed=packed)
+    mean_of_tensors_(mpi_ctx.fda_comm, per_worker, K, packed=packed)
     ok = all(torch.allclose(ts[i], torch.as_tensor(sum(w[i] for w in every) / K), atol=1e-6)
              for ts in per_worker for i in range(2))
     assert everywhere(mpi_ctx, ok)
@@ -79,7 +79,7 @@ def test_mean_of_tensors_replaces_every_workers_tensors(mpi_ctx, packed):
 def _all_drifts(ctx, workers, ref):
     """Every worker's drift w_k - ref, over all ranks (float64)."""
     mine = [(w.flat - ref).double().numpy() for w in workers]
-    return torch.stack([torch.as_tensor(u) for g in ctx.comm.allgather(mine) for u in g])
+    return torch.stack([torch.as_tensor(u) for g in ctx.mpi_comm.allgather(mine) for u in g])
 
 
 @mpi
@@ -92,22 +92,22 @@ def test_quantized_mean_is_bit_identical_and_loses_nothing(mpi_ctx, compression)
     K = 2 * ctx.world_size
     torch.manual_seed(123)  # the same last global model everywhere; drifts of different sizes per block
     ref = workers[0].flat.detach().clone()
-    ref.copy_(torch.as_tensor(ctx.comm.bcast(ref.numpy(), root=0)))
+    ref.copy_(torch.as_tensor(ctx.mpi_comm.bcast(ref.numpy(), root=0)))
     for w in workers:
         with torch.no_grad():
             w.flat.copy_(ref + 0.01 * torch.randn_like(ref))
-    q = QuantizedMean(ctx.world, K, compression, hosted=2, n=ref.numel(), device=ref.device)
+    q = QuantizedMean(ctx.fda_comm, K, compression, hosted=2, n=ref.numel(), device=ref.device)
     ok = True
     carried = [torch.zeros(ref.numel(), dtype=torch.float64) for _ in workers]
     for _round in range(3):
         drifts = _all_drifts(ctx, workers, ref)
-        residuals = torch.stack([torch.as_tensor(e) for g in ctx.comm.allgather(
+        residuals = torch.stack([torch.as_tensor(e) for g in ctx.mpi_comm.allgather(
             [c.numpy() for c in carried]) for e in g])
         target = q.average_(workers, ref).clone()
         # bit-identical on every rank
-        ok &= all(torch.equal(torch.as_tensor(t), target) for t in ctx.comm.allgather(target.numpy()))
+        ok &= all(torch.equal(torch.as_tensor(t), target) for t in ctx.mpi_comm.allgather(target.numpy()))
         # nothing lost: new w0 + mean of the new residuals == old w0 + mean (drift + old residual)
-        new_res = torch.stack([torch.as_tensor(e) for g in ctx.comm.allgather(
+        new_res = torch.stack([torch.as_tensor(e) for g in ctx.mpi_comm.allgather(
             [e[:ref.numel()].double().numpy() for e in q.residuals]) for e in g])
         exact = ref.double() + (drifts + residuals).mean(0)
         ok &= torch.allclose(target.double() + new_res.mean(0), exact, rtol=0, atol=1e-6)
@@ -148,7 +148,7 @@ def test_synchronizer_compressed_sync_bytes_and_identical_w0(mpi_ctx, compressio
             opt.step()
             assert sync.step(loss=loss.item())
             w = sync.workers[0].flat
-            assert everywhere(ctx, all(torch.equal(torch.as_tensor(g), w) for g in ctx.comm.allgather(w.numpy())))
+            assert everywhere(ctx, all(torch.equal(torch.as_tensor(g), w) for g in ctx.mpi_comm.allgather(w.numpy())))
             assert everywhere(ctx, torch.equal(sync.ref, w))
         runs[width], sync_bytes[width] = sync, sync.mpi_bytes("sync")
         sync.close()

@@ -48,7 +48,7 @@ def test_a_step_copies_device_to_host_once(mpi_ctx, monitor):
 
 
 def test_pinned_staging_is_one_buffer_per_dtype(mpi_ctx):
-    world = mpi_ctx.world
+    world = mpi_ctx.fda_comm
     if mpi_ctx.device.type != "cuda" or world.cuda_aware:
         pytest.skip("staging is used only for CUDA tensors with an MPI that is not GPU-aware")
     for n in (10, 1000, 100, 5000, 7):

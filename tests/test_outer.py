@@ -82,7 +82,7 @@ def test_outer_nesterov_step_matches_hand_computation(mpi_ctx, settings):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        every = torch.stack([torch.as_tensor(w) for w in ctx.comm.allgather(_params(model).numpy())])
+        every = torch.stack([torch.as_tensor(w) for w in ctx.mpi_comm.allgather(_params(model).numpy())])
         if sync.step(loss=loss.item()):
             synced_at.append(step)
             g = w0 - every.mean(0)                        # the pseudo-gradient
@@ -90,12 +90,12 @@ def test_outer_nesterov_step_matches_hand_computation(mpi_ctx, settings):
             w0 = w0 - 0.7 * (g + 0.9 * v)                 # Nesterov: step along g + mu * v
             now = _params(model)
             ok &= torch.allclose(now, w0, rtol=1e-5, atol=1e-6)
-            ok &= all(torch.equal(torch.as_tensor(w), now) for w in ctx.comm.allgather(now.numpy()))
+            ok &= all(torch.equal(torch.as_tensor(w), now) for w in ctx.mpi_comm.allgather(now.numpy()))
             ok &= not torch.allclose(now, every.mean(0), atol=1e-4)  # not plain averaging
             w0 = now  # continue from the library's w0 (float32) so rounding does not accumulate
     sync.close()
     assert synced_at == ([3, 6, 9] if settings["strategy"] == "diloco" else list(range(1, 10)))
-    assert all(ctx.comm.allgather(bool(ok)))
+    assert all(ctx.mpi_comm.allgather(bool(ok)))
 
 
 @pytest.mark.parametrize("given, optimizer, weight_decay", [

@@ -20,7 +20,7 @@ def ctx():
     context = fda.init(seed=0, threads=1, workers_per_rank=K, abort_on_error=False)
     assert context.workers == K, "these tests need a world of one rank (run them without mpiexec)"
     yield context
-    context.world.stop_watching()
+    context.fda_comm.stop_watching()
 
 
 def _models(seed=SEED):

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fda.comm import same_error_everywhere
 from fda.config import Config, ConfigError, config_from_json
 
 KEEP = 2
@@ -75,7 +76,7 @@ def save(out: Path, ctx, sync, models, optimizers, loaders, *, finished: bool = 
     where = _dir(out) / f"step_{step}"
     if ctx.is_root:
         where.mkdir(parents=True, exist_ok=True)
-    ctx.world.barrier()
+    ctx.fda_comm.barrier()
     for j, (k, model, opt, loader) in enumerate(zip(ctx.worker_ids(), models, optimizers, loaders)):
         _atomic_write({"worker": k, "model": model.state_dict(), "optimizer": opt.state_dict(),
                        "loader": loader.state_dict(), "sync": sync.worker_state_dict(j)}, where / f"worker_{k}.pt")
@@ -89,7 +90,7 @@ def save(out: Path, ctx, sync, models, optimizers, loaders, *, finished: bool = 
                                   "finished": finished}),
                       where / "meta.json")
     sync.flush_log(durable=True)
-    ctx.world.barrier()
+    ctx.fda_comm.barrier()
     if ctx.is_root:
         latest = _dir(out) / "LATEST"
         tmp = latest.with_name("LATEST.tmp")
@@ -131,8 +132,9 @@ def find_latest(out: Path, ctx) -> Checkpoint | None:
             meta = saved_layout(out)
         except ConfigError as e:
             problem = str(e)
-    meta, problem = ctx.world.bcast_object((meta, problem))
-    _raise_if(problem)
+    meta, problem = ctx.fda_comm.bcast_object((meta, problem))
+    if problem:
+        raise ConfigError(problem)
     if meta is None:
         return None
     if meta["workers"] != ctx.workers:
@@ -142,15 +144,14 @@ def find_latest(out: Path, ctx) -> Checkpoint | None:
             f"ranks x workers_per_rank = {meta['workers']}")
     where = _dir(out) / f"step_{meta['step']}"
     same_layout = meta["world_size"] == ctx.world_size
-    ckpt = None
-    try:
-        load = lambda name: torch.load(where / name, map_location="cpu", weights_only=False)  # noqa: E731
-        workers = [load(f"worker_{k}.pt") for k in ctx.worker_ids()]
-        ckpt = Checkpoint(step=int(meta["step"]), meta=meta, workers=workers, sync=load("sync.pt"),
-                          rng=load(f"rng_rank_{ctx.rank}.pt") if same_layout else None)
-    except (OSError, RuntimeError, EOFError, KeyError, ValueError) as e:
-        problem = f"cannot read the checkpoint in {where}: {e}"
-    _raise_any_rank(ctx, problem)
+    with same_error_everywhere(ConfigError, comm=ctx.fda_comm):
+        try:
+            load = lambda name: torch.load(where / name, map_location="cpu", weights_only=False)  # noqa: E731
+            workers = [load(f"worker_{k}.pt") for k in ctx.worker_ids()]
+            ckpt = Checkpoint(step=int(meta["step"]), meta=meta, workers=workers, sync=load("sync.pt"),
+                              rng=load(f"rng_rank_{ctx.rank}.pt") if same_layout else None)
+        except (OSError, RuntimeError, EOFError, KeyError, ValueError) as e:
+            raise ConfigError(f"cannot read the checkpoint in {where}: {e}") from None
     return ckpt
 
 
@@ -196,37 +197,30 @@ def holds_run(out: Path) -> bool:
 def prepare_out_dir(out: Path, ctx, *, resume: bool, overwrite: bool) -> None:
     """Before any data is loaded: refuse to mix two runs in one directory, clear it for --overwrite,
     and make sure rank 0 can write there. Raises the same ConfigError on every rank."""
-    problem = None
-    if ctx.is_root:
-        out = Path(out)
-        try:
-            if not resume and holds_run(out):
-                if not overwrite:
-                    raise ConfigError(f"{out} already holds a run; pass --resume {out} to continue it "
-                                      "or --overwrite to replace it")
-                clear(out)  # stale checkpoints must never be resumed into the new run
-            out.mkdir(parents=True, exist_ok=True)
-            probe = out / f".fda-write-test-{os.getpid()}"
-            probe.write_bytes(b"ok")
-            probe.unlink()
-        except ConfigError as e:
-            problem = str(e)
-        except OSError as e:
-            problem = f"cannot write to the output directory {out}: {e}"
-    _raise_if(ctx.world.bcast_object(problem))
+    with same_error_everywhere(ConfigError, comm=ctx.fda_comm):
+        if ctx.is_root:
+            _prepare_out_dir_here(Path(out), resume=resume, overwrite=overwrite)
 
 
-def _raise_if(problem: str | None) -> None:
-    """A problem every rank holds (broadcast from rank 0) becomes the same ConfigError everywhere."""
-    if problem:
-        raise ConfigError(problem)
+def _prepare_out_dir_here(out: Path, *, resume: bool, overwrite: bool) -> None:
+    try:
+        if not resume and holds_run(out):
+            if not overwrite:
+                refuse_a_second_run(out, continue_with=f"--resume {out}", replace_with="--overwrite")
+            clear(out)  # stale checkpoints must never be resumed into the new run
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".fda-write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"cannot write to the output directory {out}: {e}") from None
 
 
-def _raise_any_rank(ctx, problem: str | None) -> None:
-    """The first rank's problem (gathered from all) becomes the same ConfigError on every rank."""
-    problems = [p for p in ctx.world.allgather_object(problem) if p]
-    if problems:
-        raise ConfigError(problems[0])
+def refuse_a_second_run(out: Path, *, continue_with: str, replace_with: str, found: str = "") -> None:
+    """The one refusal of a directory that already holds a run, in the caller's words for how to
+    continue or replace it (CLI flags or API arguments); found: what was found there, if named."""
+    raise ConfigError(f"{out} already holds a run{found}; pass {continue_with} to continue it "
+                      f"or {replace_with} to replace it")
 
 
 def clear(out: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fda.data import DATASET_NAMES, PARTITION_SCHEMES
+from fda.data import PARTITION_SCHEMES, dataset_names
 from fda.models import MODEL_NAMES
 from fda.monitor import monitor_names
 from fda.outer import OUTER_OPTIMIZERS
@@ -26,7 +26,7 @@ from fda.strategies.registry import AUTO_THETA, STRATEGY_DEFAULTS, strategy_name
 STRATEGIES = strategy_names()
 MONITORS = monitor_names()
 MODELS = MODEL_NAMES
-DATASETS = DATASET_NAMES
+DATASETS = dataset_names()
 PARTITIONS = PARTITION_SCHEMES
 # The generic defaults of the settings whose default (None) a strategy may choose (STRATEGY_DEFAULTS).
 DEFAULTS = {"tau": 1, "server_optimizer": "none", "server_lr": 0.316, "optimizer": "adam", "weight_decay": 0.0}

@@ -36,10 +36,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fda.sync.accounting import FLOAT_BYTES
+
 __all__ = ["FLOAT_BYTES", "Network", "PROFILES", "NetworkError", "parse_network", "ring_allreduce_time", "run_traffic",
            "modelled_time_to_target"]
-
-FLOAT_BYTES = 4  # the paper's byte accounting counts float32 values
 
 
 class NetworkError(ValueError):

@@ -59,7 +59,7 @@ class Synchronizer:
                  config: Config | None = None, resume_step: int | None = None, overwrite: bool = False,
                  **settings):
         self.cfg = cfg = merge_settings(config, strategy, settings)
-        self.ctx, self.world, self.K = ctx, ctx.world, ctx.workers
+        self.ctx, self.world, self.K = ctx, ctx.fda_comm, ctx.workers
         models, self.optimizers = as_list(model), as_list(optimizer)
         check_hosted(cfg, ctx, models, self.optimizers)
         check_compression(cfg.sync_compression, self.K)

@@ -16,7 +16,6 @@ import math
 import os
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ import fda
 import fda.kernels
 from fda import checkpoint, preemption
 from fda.collectives import check_compression
+from fda.comm import same_error_everywhere
 from fda.config import Config, ConfigError
 from fda.context import Context, steps_per_epoch
 from fda.data import DatasetError, ShardLoader, load_dataset, partition
@@ -108,21 +108,8 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: Cont
         per_chunk[0, c] = float((out.argmax(1) == yb).sum())
         per_chunk[1, c] = float(F.cross_entropy(out, yb, reduction="sum"))
     model.train(was_training)
-    totals = ctx.world.allreduce_values(per_chunk.ravel(), "sum", kind="eval").reshape(2, -1)
+    totals = ctx.fda_comm.allreduce_values(per_chunk.ravel(), "sum", kind="eval").reshape(2, -1)
     return float(totals[0].sum()) / y.numel(), float(totals[1].sum()) / y.numel()
-
-
-@contextmanager
-def collective_checks(ctx: Context):
-    """Bad input found on any rank becomes the same ConfigError on every rank (no rank left waiting)."""
-    problem = None
-    try:
-        yield
-    except (ConfigError, DatasetError, ModelError) as e:
-        problem = str(e)
-    problems = [p for p in ctx.world.allgather_object(problem) if p]
-    if problems:
-        raise ConfigError(problems[0])
 
 
 def run(cfg: Config, out: str | Path, *, resume: bool = False, overwrite: bool = False,
@@ -134,7 +121,7 @@ def run(cfg: Config, out: str | Path, *, resume: bool = False, overwrite: bool =
     preemption.install(f"rank {ctx.rank}")
     if ctx.device.type == "cuda":
         deterministic_cuda()
-    ctx.world.set_stall_timeout(cfg.stall_timeout)  # also for the set-up's collectives
+    ctx.fda_comm.set_stall_timeout(cfg.stall_timeout)  # also for the set-up's collectives
     try:
         return _run(cfg, Path(out), ctx, resume=resume, overwrite=overwrite, progress=progress)
     finally:
@@ -147,7 +134,7 @@ def _run(cfg: Config, out: Path, ctx: Context, *, resume: bool, overwrite: bool,
     if resume and ckpt is None:
         raise ConfigError(f"--resume: no checkpoint in {out}/checkpoints (set checkpoint_every)")
 
-    with collective_checks(ctx):
+    with same_error_everywhere((ConfigError, DatasetError, ModelError), ConfigError, ctx.fda_comm):
         data = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed)
         parts = partition(data.labels, ctx.workers, cfg.partition, seed=cfg.seed,
                           noniid_fraction=cfg.noniid_fraction, label_value=cfg.label_value,
@@ -215,7 +202,7 @@ def _run(cfg: Config, out: Path, ctx: Context, *, resume: bool, overwrite: bool,
                                                     "with a checkpoint: continue with fda train --resume DIR")
                 # no rank exits before rank 0 has closed the log: a launcher may kill the others
                 # at the first non-zero exit (srun --kill-on-bad-exit)
-                ctx.world.barrier()
+                ctx.fda_comm.barrier()
                 return {**summary, "interrupted": True, "out": str(out)}
     except CollectiveError as e:
         bar.close()

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from fda.checkpoint import refuse_a_second_run
+from fda.comm import same_error_everywhere
 from fda.config import ConfigError
 from fda.h5log import LOG_NAME, H5Log
 
@@ -24,8 +26,9 @@ class RunRecords:
         """The log in directory `out`, checked on rank 0 with the same ConfigError on every rank.
         attrs: a callable giving the run's attributes (called on rank 0 only)."""
         out = Path(out)
-        problem = _log_directory_problem(out, resume=resume_step is not None, overwrite=overwrite) if rank == 0 else None
-        _raise_everywhere(world, problem)
+        with same_error_everywhere(ConfigError, comm=world):
+            if rank == 0:
+                _check_log_directory(out, resume=resume_step is not None, overwrite=overwrite)
         if rank != 0:
             return cls()
         return cls(H5Log(out / LOG_NAME, attrs(), flush_every=flush_every, resume_step=resume_step))
@@ -64,25 +67,16 @@ class RunRecords:
             self.log.close("failed", message)
 
 
-def _log_directory_problem(out: Path, *, resume: bool, overwrite: bool) -> str | None:
+def _check_log_directory(out: Path, *, resume: bool, overwrite: bool) -> None:
     path = out / LOG_NAME
     if path.exists() and not (resume or overwrite):
-        return (f"{out} already holds a run (metrics.h5); pass resume_step= to continue it "
-                "or overwrite=True to replace it")
+        refuse_a_second_run(out, found=" (metrics.h5)", continue_with="resume_step=", replace_with="overwrite=True")
     if resume and not path.exists():
-        return f"resume_step given, but there is no run to resume in {out} (no metrics.h5)"
+        raise ConfigError(f"resume_step given, but there is no run to resume in {out} (no metrics.h5)")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        return f"cannot create the output directory {out}: {e}"
-    return None
-
-
-def _raise_everywhere(world, problem: str | None) -> None:
-    """Rank 0's problem (or None) becomes the same ConfigError on every rank."""
-    problem = world.bcast_object(problem)
-    if problem:
-        raise ConfigError(problem)
+        raise ConfigError(f"cannot create the output directory {out}: {e}") from None
 
 
 def step_row(*, step: int, epoch: float, loss: float, bound: float, var_exact: float, theta: float,
