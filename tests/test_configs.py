@@ -3,19 +3,23 @@ from pathlib import Path
 
 import pytest
 
+from _helpers import write_cifar
 from conftest import REPO, run_fda
-from fda.config import make_config
+from fda.config import load_file, make_config
 from fda.h5log import open_log
 from fda.models import torchvision_available
-from data.test_datasets import write_cifar
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_config_validates(path):
+    """Every setting the file names takes effect: the same value as that setting given alone."""
     cfg = make_config(file=path)
-    assert cfg.strategy and cfg.model
+    named = load_file(path)
+    assert named, f"{path} names no setting"
+    for key, value in named.items():
+        assert getattr(cfg, key) == getattr(make_config({key: value}), key), f"{path}: {key}={value!r}"
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)

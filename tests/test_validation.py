@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from data.test_datasets import write_idx_dataset
+from _helpers import write_idx_dataset
+
 
 REPO = Path(__file__).resolve().parents[1]
 MPIEXEC = Path(sys.executable).parent / "mpiexec"

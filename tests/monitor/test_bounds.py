@@ -10,49 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from fda.kernels import drift_state, drift_state_out, packed_size
-from fda.monitor import LinearMonitor, NaiveMonitor, PerWorkerMonitor, SketchMonitor, exact_variance
+from _helpers import drifts, local_state, true_variance
+from fda.kernels import drift_state
+from fda.monitor import LinearMonitor, NaiveMonitor, PerWorkerMonitor, SketchMonitor
 from fda.monitor.sketch import ams_m2
-
-
-def drifts(kind: str, k: int, d: int, gen: torch.Generator) -> torch.Tensor:
-    if kind == "gaussian":
-        return torch.randn(k, d, generator=gen)
-    if kind == "shared_direction":  # workers drift the same way: small variance, large ||mean u||
-        base = torch.randn(d, generator=gen)
-        return base + 0.05 * torch.randn(k, d, generator=gen)
-    if kind == "one_hot":
-        u = torch.zeros(k, d)
-        u[:, int(torch.randint(d, (1,), generator=gen))] = torch.rand(k, generator=gen) + 0.5
-        return u
-    if kind == "constant":
-        return torch.full((k, d), 0.3) * (1 + torch.rand(k, 1, generator=gen))
-    if kind == "sparse":
-        u = torch.zeros(k, d)
-        idx = torch.randint(d, (k, max(1, d // 100)), generator=gen)
-        u.scatter_(1, idx, torch.randn(idx.shape, generator=gen))
-        return u
-    raise ValueError(kind)
-
-
-def local_state(monitor, u_k: torch.Tensor, xi=None, seed: int = 7) -> np.ndarray:
-    """S_k as the synchronizer computes it: the kernel's packed output, mapped by the monitor."""
-    depth, width = monitor.sketch_depth, monitor.sketch_width
-    packed = torch.empty(packed_size(depth, width), dtype=torch.float64)
-    drift_state_out(u_k.contiguous(), torch.zeros(u_k.numel()), packed, xi=xi, sketch_depth=depth,
-                    sketch_width=width, seed=seed)
-    return monitor.local_state(packed).numpy()
 
 
 def mean_state(monitor, u: torch.Tensor, xi=None) -> np.ndarray:
     states = [local_state(monitor, row, xi=xi) for row in u]
     reduce = np.max if monitor.reduce_op == "max" else np.mean
     return reduce(states, axis=0)
-
-
-def true_variance(u: torch.Tensor) -> float:
-    u = u.double()
-    return exact_variance(float((u ** 2).sum(1).mean()), float((u.mean(0) ** 2).sum()))
 
 
 SHAPES = [(2, 1), (3, 7), (4, 100), (5, 4097), (8, 20_000)]

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from _helpers import drifts, local_state, true_variance
 from fda.monitor import SketchMonitor, bound_audit
 from fda.monitor.sketch import (check_seed, chi2_quantile, delta_correction, median_failure, paper_correction,
                                 row_exceedance)
-from test_bounds import drifts, local_state, true_variance
 
 # Exact chi^2 upper quantiles and corrections, computed independently with scipy.stats
 # (chi2.isf, and binom.sf solved for p with brentq).

@@ -10,7 +10,7 @@ Public API::
     mean_epilogue_(total, divisor, *, ref=None, update=None, copies=())
         # after a sync's sum Allreduce, in one pass: total /= divisor, update = total - ref (old),
         # ref = total, each copy = total (fda.collectives.ExactMean)
-    ams_estimate(sketch) -> float          # median over rows of the row sums of squares (sketch.ams_m2)
+    ams_m2(sketch) -> float                # numpy [depth, width]: median over rows of the row sums of squares
     hash_coefficients(seed, depth)         # per-row hash polynomial coefficients
     backend() -> "native" | "reference"
 
@@ -36,7 +36,7 @@ import torch
 from fda.kernels import reference as _reference
 from fda.kernels.reference import MERSENNE_P, ams_m2, hash_coefficients
 
-__all__ = ["DriftState", "drift_state", "drift_state_out", "mean_epilogue_", "packed_size", "ams_estimate", "ams_m2",
+__all__ = ["DriftState", "drift_state", "drift_state_out", "mean_epilogue_", "packed_size", "ams_m2",
            "hash_coefficients", "backend", "cuda_kernel_available", "MERSENNE_P"]
 
 _NATIVE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native")
@@ -237,11 +237,3 @@ def drift_state(w: torch.Tensor, w0: torch.Tensor, *, xi: torch.Tensor | None = 
         return DriftState(sq, dt if xi is not None else None, sk if depth > 0 else None)
     _warn_fallback(w.device)
     return DriftState(*_reference.drift_state(w, w0, xi, depth, width, seed))
-
-
-def ams_estimate(sketch: torch.Tensor) -> float:
-    """AMS estimate of ||u||^2 from a ``[depth, width]`` sketch tensor: `ams_m2`, the Sketch
-    monitor's own estimate (median over rows of the row sums of squares, in float64)."""
-    if not isinstance(sketch, torch.Tensor) or sketch.dim() != 2 or sketch.shape[0] == 0:
-        raise ValueError("sketch must be a 2-D tensor [depth, width] with depth >= 1")
-    return ams_m2(sketch.detach().to(device="cpu", dtype=torch.float64).numpy())
