@@ -259,6 +259,11 @@ starts, on every rank alike (exit code 2 for `fda train`). A default given as `a
 and `b` under strategy `s`. Settings marked "may change on --resume" describe how a run is
 executed, not what it computes; a resume that changes any other setting is refused.
 
+The names that `strategy`, `monitor`, `server_optimizer`, `model`, `dataset` and `partition`
+accept are not written in `fda.config`: each comes from its registry (`fda.strategies.registry`,
+`fda.monitor`, `fda.outer`, `fda.models`, `fda.data`): a name registered there is accepted by
+`Config` with no edit to it (regenerate this page to list it).
+
 | setting | type and allowed values | default | meaning |
 |---|---|---|---|
 """
