@@ -14,7 +14,7 @@ import pytest
 from fda import cli, report
 
 REPO = Path(__file__).resolve().parents[1]
-MPIEXEC = Path(sys.executable).parent / "mpiexec"
+from conftest import MPIEXEC, child_env  # noqa: E402
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BASE = ["dataset=synthetic", "model=mlp", "max_steps=40", "eval_every=4", "threads=1", "lr=0.003"]
 RUNS = {
@@ -27,8 +27,8 @@ RUNS = {
 def _train(out: Path, settings: list[str]) -> subprocess.Popen:
     cmd = [str(MPIEXEC), "-n", "2", sys.executable, "-m", "fda", "train", "--out", str(out),
            "--no-progress", *BASE, *settings]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                            env=child_env())
 
 
 @pytest.fixture(scope="module")
