@@ -274,13 +274,14 @@ def format_table(rows: list[tuple]) -> str:
 
 def main(args) -> int:
     from fda.comm import Comm
+    from fda.launch import launch_problem
 
     comm = MPI.COMM_WORLD
-    problem = None
+    problem = launch_problem(comm.Get_size())  # the same on every rank of a world
     try:
         cfg = make_config(file=args.config, overrides=args.settings)
     except ConfigError as e:
-        problem = str(e)
+        problem = problem or str(e)
     problems = [p for p in comm.allgather(problem) if p]
     if problems:
         if comm.Get_rank() == 0:
