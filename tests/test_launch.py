@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from conftest import REPO, child_env
-from fda.launch import launch_problem, launcher_size
+from fda.launch import launch_problem, launcher_size, probe_vectors, summation_order
 
 SRUN_STEP = {"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2"}
 
@@ -59,3 +59,50 @@ def test_the_cli_stops_with_exit_2_before_any_work(tmp_path, command):
     assert p.returncode == 2, p.stdout + p.stderr
     assert "fda: error: srun started 2 separate 1-rank jobs" in p.stderr
     assert "Traceback" not in p.stderr and not (tmp_path / "run").exists()
+
+
+class FakeWorld:
+    """rank 0 of `size` ranks whose sum Allreduce adds the probe vectors in a given order."""
+
+    def __init__(self, size: int, order: str):
+        self.rank, self.size, self.order = 0, size, order
+
+    def allreduce_(self, t, op="sum", kind="train"):
+        if op == "min":
+            return t
+        vectors = probe_vectors(self.size, t.numel())
+        if self.order == "pairwise":
+            from fda.flat import pairwise_sum_
+            return t.copy_(pairwise_sum_([v.clone() for v in vectors]))
+        total = vectors[0].clone()
+        for v in vectors[1:]:
+            total = total + v
+        return t.copy_(total)
+
+
+def test_the_probe_tells_a_pairwise_allreduce_from_a_sequential_one():
+    holds, detail = summation_order(FakeWorld(4, "pairwise"))
+    assert holds and "adds in fda's pairwise order" in detail
+    holds, detail = summation_order(FakeWorld(4, "sequential"))
+    assert not holds and "does not add in fda's pairwise order (4 KiB: " in detail
+    assert "(it adds rank after rank)" in detail
+    assert "close to, not bit-identical" in detail
+    holds, detail = summation_order(FakeWorld(2, "sequential"))
+    assert holds and "any order gives the same bits" in detail
+
+
+def test_the_probe_vectors_make_the_order_matter():
+    from fda.flat import pairwise_sum_
+    vectors = probe_vectors(4, 1024)
+    sequential = ((vectors[0] + vectors[1]) + vectors[2]) + vectors[3]
+    assert not (pairwise_sum_([v.clone() for v in vectors]) == sequential).all()
+
+
+@pytest.mark.mpi
+def test_the_probe_on_this_mpi_agrees_on_every_rank(mpi_ctx):
+    from mpi4py import MPI
+    holds, detail = summation_order(mpi_ctx.world)
+    answers = MPI.COMM_WORLD.allgather((holds, detail))
+    assert all(a == answers[0] for a in answers), answers
+    if "MPICH" in MPI.Get_library_version():
+        assert holds, detail  # recursive doubling / halving: the pairwise tree

@@ -274,7 +274,7 @@ def format_table(rows: list[tuple]) -> str:
 
 def main(args) -> int:
     from fda.comm import Comm
-    from fda.launch import launch_problem
+    from fda.launch import launch_problem, summation_order
 
     comm = MPI.COMM_WORLD
     problem = launch_problem(comm.Get_size())  # the same on every rank of a world
@@ -305,6 +305,7 @@ def main(args) -> int:
     if gpu_reduce is not None and local["gpu-mpi"][0] == OK and gpu_reduce[0] != OK:
         local["gpu-mpi"] = gpu_reduce
     output = _check_output(world, out)
+    sum_order = summation_order(world)  # what bit-identical resume on another layout relies on
 
     gathered = comm.gather({"info": info, **local}, root=0)
     failed = False
@@ -314,6 +315,7 @@ def main(args) -> int:
         for check in ("kernel", "gpu-mpi", "dataset"):
             rows += _merge(check, [g[check] for g in gathered])
         rows.append(("output", "all", *output))
+        rows.append(("sum-order", "all", OK if sum_order[0] else WARN, sum_order[1]))
         failed = any(r[2] == FAIL for r in rows)
         hosts = len({g["info"]["host"] for g in gathered})
         print(f"fda preflight: {world.size} ranks on {hosts} host(s), K={workers} workers, "
