@@ -27,7 +27,7 @@ export FDA_MPIEXEC := $(MPIEXEC)
 .PHONY: setup native cuda-check vision-check demo test test-mpi clean
 
 setup: $(STAMP)
-	@test "$$(cat $(VENV)/.fda-mpi 2>/dev/null)" = "$(MPI)" || { rm -f $(STAMP); $(MAKE) --no-print-directory $(STAMP) MPI=$(MPI); }
+	@test "$$(cat $(VENV)/.fda-mpi 2>/dev/null || echo wheel)" = "$(MPI)" || { rm -f $(STAMP); $(MAKE) --no-print-directory $(STAMP) MPI=$(MPI); }
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -25,8 +25,10 @@ step make setup "${MAKE_ARGS[@]}"
 "$VENV/bin/python" -c "from mpi4py import MPI; v = MPI.Get_library_version(); print('openmpi: mpi4py on', v.splitlines()[0]); assert 'Open MPI' in v"
 step make demo "${MAKE_ARGS[@]}"
 step make test-mpi "${MAKE_ARGS[@]}"
-# the tests that start MPI jobs themselves (mpiexec -> mpirun), failures, signals and resume included
+# the tests that start MPI jobs themselves where Open MPI behaves differently from MPICH: failures and
+# stalls (MPI_Abort), signals (mpirun forwards SIGUSR1, aborts on SIGTERM), launch checks, job scripts.
+# (test_resume, test_report, test_api and test_validation pass under Open MPI too, 9.5 min with these:
+# left to the MPICH run to keep CI short.)
 step env FDA_MPIEXEC="$bin/mpirun" timeout 1800 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
-    tests/test_api.py tests/test_failures.py tests/test_preemption.py tests/test_preemption_repeat.py \
-    tests/test_resume.py tests/test_preflight.py tests/test_report.py tests/test_jobscripts.py \
-    tests/test_validation.py tests/test_launch.py tests/test_stall.py
+    tests/test_failures.py tests/test_stall.py tests/test_preemption.py tests/test_preemption_repeat.py \
+    tests/test_preflight.py tests/test_launch.py tests/test_jobscripts.py
