@@ -14,7 +14,16 @@ REPO = Path(__file__).resolve().parents[1]
 # The launcher of every test that starts MPI jobs: FDA_MPIEXEC (`make test MPIEXEC=...` sets it), else the
 # venv's (the mpich wheel's Hydra). Open MPI's mpirun needs no flag here: set OMPI_ALLOW_RUN_AS_ROOT(_CONFIRM)
 # and OMPI_MCA_rmaps_base_oversubscribe=1 in the environment where needed (.ci/openmpi.sh does).
-MPIEXEC = Path(os.environ.get("FDA_MPIEXEC") or Path(sys.executable).parent / "mpiexec")
+def _launcher(setting: str) -> Path:
+    """FDA_MPIEXEC as given: a bare name is looked up on PATH, a relative path is from the repo root."""
+    if not setting:
+        return Path(sys.executable).parent / "mpiexec"
+    if "/" not in setting:
+        return Path(shutil.which(setting) or setting)
+    return REPO / setting if not Path(setting).is_absolute() else Path(setting)
+
+
+MPIEXEC = _launcher(os.environ.get("FDA_MPIEXEC", ""))
 # what a launcher sets for its ranks; a test run inside a rank must not hand it to a child launcher
 # (Open MPI's mpirun would join the parent's job), so children get child_env()
 _LAUNCHER_VARS = ("PMI_", "PMIX_", "HYDRA_", "HYDI_", "MPI_LOCALRANKID", "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_",

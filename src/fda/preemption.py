@@ -148,7 +148,7 @@ class _Counter(threading.Thread):
         if action == "stop":
             request(name)
             print(f"fda: {self.label} got {name}: stopping after this step with a checkpoint "
-                  f"(exit code {RESUMABLE_EXIT}); another signal {REPEAT_WINDOW_S:g} s from now ends it at once",
+                  f"(exit code {RESUMABLE_EXIT}); a signal more than {REPEAT_WINDOW_S:g} s later ends it at once",
                   file=sys.stderr, flush=True)
         elif action == "same":
             print(f"fda: {self.label} got {name} again within {REPEAT_WINDOW_S:g} s: the same stop request",
