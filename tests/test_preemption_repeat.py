@@ -52,8 +52,10 @@ def test_mpi_shm_files_named_in_maps():
         "7f30-7f40 r-xp 00000000 08:01 99 /usr/lib/libc.so.6",
         "7f40-7f50 rw-s 00000000 00:1a 14 /dev/shm/other_segment",
         "7f50-7f60 rw-p 00000000 00:00 0",
+        "7f60-7f70 rw-s 00000000 00:1a 15 /dev/shm/vader_segment.vm.0.320001.1",
     ])
-    assert preemption.mapped_mpi_shm_files(maps) == ["/dev/shm/mpich_shm_1a2b_0"]
+    assert preemption.mapped_mpi_shm_files(maps) == ["/dev/shm/mpich_shm_1a2b_0",
+                                                      "/dev/shm/vader_segment.vm.0.320001.1"]
 
 
 def _start(mode: str):

@@ -32,8 +32,9 @@ import time
 RESUMABLE_EXIT = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure; run it again to continue
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 REPEAT_WINDOW_S = 1.0  # a second signal this soon after the first is the same request
-# shared-memory files an MPI library maps and would find again in a job with the same name
-MPI_SHM_PREFIXES = ("mpich_shm_",)
+# shared-memory files MPI libraries map: MPICH's (named after the job and step, so a requeued job
+# would find them again), Open MPI 4's and 5's (named after mpirun's job id: they would only leak)
+MPI_SHM_PREFIXES = ("mpich_shm_", "vader_segment.", "sm_segment.")
 
 
 class _State:
