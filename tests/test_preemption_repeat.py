@@ -1,5 +1,7 @@
 """Signals as SLURM sends them: slurmd's double SIGTERM is one stop request; a person who insists
 still ends the process at once, and then it leaves no MPI shared-memory segment behind."""
+import os
+import select
 import signal
 import subprocess
 import sys
@@ -100,19 +102,29 @@ def test_a_signal_after_abandon_exits_without_promising_a_checkpoint():
 @pytest.mark.slow
 def test_the_immediate_exit_leaves_no_mpi_shared_memory_behind():
     job = subprocess.Popen([str(MPIEXEC), "-n", "2", sys.executable, "-c", PROBE, preemption.__file__, "mpi"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0, env=child_env(),
                            start_new_session=True)
     try:
-        lines = [job.stdout.readline().split() for _ in range(4)]
+        lines = []  # each rank's "maps ..." and "ready", among whatever else the launcher prints
+        deadline = time.monotonic() + 120
+        while sum(line == ["ready"] for line in lines) < 2 and time.monotonic() < deadline:
+            if not select.select([job.stdout], [], [], 1.0)[0]:
+                continue
+            line = job.stdout.readline()  # unbuffered: select sees every line
+            if not line:
+                break
+            lines.append(line.decode().split())
         mapped = sorted({p for line in lines if line and line[0] == "maps" for p in line[1:]})
-        assert sum(line == ["ready"] for line in lines) == 2, lines
+        assert sum(line == ["ready"] for line in lines) == 2, (lines, job.poll())
         for sig in (signal.SIGUSR1, signal.SIGUSR1):
             job.send_signal(sig)
             time.sleep(preemption.REPEAT_WINDOW_S + 0.5)
         _, err = job.communicate(timeout=60)
     finally:
         if job.poll() is None:
-            job.kill()
+            os.killpg(job.pid, signal.SIGKILL)
+            job.communicate()
+    err = err.decode()
     assert err.count("exiting now") == 2, err[-2000:]
     if not mapped:
         pytest.skip("this MPI maps no /dev/shm/mpich_shm_* segment")
