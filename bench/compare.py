@@ -1,5 +1,5 @@
 """The comparison: bytes, steps and modelled network time to a target accuracy, per method,
-on several tasks and seeds (FDA.md sections 5-7; bench/configs/compare.yaml).
+on several tasks and seeds (docs/algorithm.md, "Byte accounting", "The paper's experiments" and "Time on a network"; bench/configs/compare.yaml).
 
     .venv/bin/python bench/compare.py --jobs 2     # the full grid
     .venv/bin/python bench/compare.py --quick      # the quick preset (about 20 minutes)
@@ -199,8 +199,8 @@ def sync_target(spec: dict, task: str, jobs: list[Job], runs_dir: Path) -> float
     sync = [j for j in jobs if j.task == task and j.family == "synchronous"]
     if not sync or not all(is_done(runs_dir.joinpath(*j.path), j.settings) for j in sync):
         return None
-    best = min(report.best_accuracy(report.load_run(runs_dir.joinpath(*j.path))) for j in sync)
-    return best - float(spec.get("target_below_synchronous", 0.005))
+    runs = [report.load_run(runs_dir.joinpath(*j.path)) for j in sync]
+    return report.synchronous_target(runs, float(spec.get("target_below_synchronous", report.SYNC_MARGIN)))
 
 
 def with_target(job: Job, target: float) -> Job:
@@ -442,7 +442,7 @@ def write_report(spec: dict, jobs: list[Job], unavailable: dict, runs_dir: Path,
     spec = resolve_spec(spec, quick)
     families = spec["families"]
     networks = tuple(parse_network(n) for n in spec.get("networks", ["datacenter", "ethernet", "wan"]))
-    below = float(spec.get("target_below_synchronous", 0.005))
+    below = float(spec.get("target_below_synchronous", report.SYNC_MARGIN))
     results.mkdir(parents=True, exist_ok=True)
     plots = results / stem
     plots.mkdir(exist_ok=True)
@@ -462,7 +462,7 @@ def write_report(spec: dict, jobs: list[Job], unavailable: dict, runs_dir: Path,
           f"{' (its quick preset)' if quick else ''}.",
           f"- Target rule, per task: the lowest over seeds of Synchronous's best test accuracy within the budget, "
           f"minus {below * 100:g} points. A configuration reaches it only if it does on every seed. GB = the "
-          "paper's accounting (FDA.md section 5), steps = in-parallel steps, both at the first evaluation at or "
+          "paper's accounting (docs/algorithm.md, \"Byte accounting\"), steps = in-parallel steps, both at the first evaluation at or "
           "above the target; figures are the median [min-max] over seeds; each family's best configuration is "
           "its fewest median GB among those reaching the target on every seed.",
           *([f"- stop_at_target: every run but Synchronous's stops at the first evaluation reaching the target "
@@ -488,7 +488,7 @@ def write_report(spec: dict, jobs: list[Job], unavailable: dict, runs_dir: Path,
         if not sync_runs or sync_seeds != set(spec["seeds"]):
             md += ["Synchronous has not finished on every seed: no target.", ""]
             continue
-        target = min(report.best_accuracy(r) for r in sync_runs) - below
+        target = report.synchronous_target(sync_runs, below)
         md += [f"Target accuracy: **{target:.4f}**.", "", plateau(sync_runs, target, below), ""]
         config_rows: dict[str, list[dict]] = {}
         for j, r in runs.items():

@@ -57,15 +57,14 @@ class RandomBatches:
 def kernel_ms(sync, reps: int = 50) -> float:
     """The drift-state kernel alone on this model's flat parameters (CUDA events, median)."""
     from fda import kernels
-    mon = sync.monitor
-    out = torch.empty(kernels.packed_size(mon.sketch_depth, mon.sketch_width), dtype=torch.float64,
-                      device=sync.w0.device)
-    w = sync.workers[0].params
+    mon, ref = sync.monitor, sync.reference
+    out = mon.kernel_output(ref.params.device)
+    w = sync.worker_params(0)
     times = []
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        kernels.drift_state_out(w, sync.w0, out, xi=sync.xi if mon.uses_xi else None,
+        kernels.drift_state_out(w, ref.params, out, xi=ref.xi if mon.uses_xi else None,
                                 sketch_depth=mon.sketch_depth, sketch_width=mon.sketch_width, seed=0)
         end.record()
         end.synchronize()

@@ -120,13 +120,25 @@ def _run(cmd: list[str]) -> str:
         return "unknown"
 
 
+def profile_op():
+    """fda::_drift_state_profile (hashing alone, scatter alone), or None: it exists only in the
+    benchmark build of the library (cmake -DFDA_BENCHMARK=ON, e.g.
+    `make native NATIVE_CMAKE_ARGS=-DFDA_BENCHMARK=ON`)."""
+    try:
+        return torch.ops.fda._drift_state_profile
+    except (AttributeError, RuntimeError):
+        print("bench/kernel.py: not the benchmark build of libfda_kernels.so (configure with "
+              "-DFDA_BENCHMARK=ON): the hashing-only and scatter-only rows are skipped", flush=True)
+        return None
+
+
 def cuda_main(args) -> None:
     """The same table on a GPU: the op through torch.ops (drift_state_out: no host sync), timed
     with CUDA events."""
     assert torch.cuda.is_available(), "--device cuda needs a GPU"
     assert K._native_has(torch.device("cuda"), "drift_state_out"), "build the CUDA kernel first (make native)"
     reps = 10 if args.quick else 50
-    op, prof = torch.ops.fda.drift_state_out, torch.ops.fda._drift_state_profile
+    op, prof = torch.ops.fda.drift_state_out, profile_op()
     props = torch.cuda.get_device_properties(0)
     rows = []
     for d in GPU_SIZES:
@@ -145,9 +157,10 @@ def cuda_main(args) -> None:
             f"native l={DEPTH}, m={WIDTH}, no xi": cuda_timeit(lambda: op(w, w0, None, DEPTH, WIDTH, SEED, out), reps),
             "native norm-only": cuda_timeit(lambda: op(w, w0, None, 0, 0, 0, out2), reps),
             "native linear (norm + xi)": cuda_timeit(lambda: op(w, w0, xi, 0, 0, 0, out2), reps),
-            f"l={DEPTH} hashing only (no scatter)": cuda_timeit(lambda: prof(w, w0, DEPTH, WIDTH, SEED, 1), reps),
-            f"l={DEPTH} scatter only (no hash)": cuda_timeit(lambda: prof(w, w0, DEPTH, WIDTH, SEED, 2), reps),
         }
+        if prof is not None:
+            t[f"l={DEPTH} hashing only (no scatter)"] = cuda_timeit(lambda: prof(w, w0, DEPTH, WIDTH, SEED, 1), reps)
+            t[f"l={DEPTH} scatter only (no hash)"] = cuda_timeit(lambda: prof(w, w0, DEPTH, WIDTH, SEED, 2), reps)
         ia = IndexAddSketch(d, DEPTH, WIDTH, SEED, device="cuda")
         t["torch index_add_ (precomputed indices)"] = cuda_timeit(lambda: ia(w, w0, xi), max(3, reps // 10), 2)
         del ia
@@ -209,6 +222,7 @@ def main() -> None:
 
     rows = []
     breakdown = []
+    prof = profile_op()
     for d in SIZES:
         g = torch.Generator().manual_seed(d)
         w = torch.randn(d, generator=g)
@@ -245,14 +259,14 @@ def main() -> None:
         for name, s in t.items():
             rows.append((d, name, s, s / d * 1e9, 8 * d / s / 1e9, s / floor, best[name] / floor_best))
         # breakdown of the sketch part (no xi): hashing only, scatter only, both
-        prof = torch.ops.fda._drift_state_profile
         b = {
             "norm only (l=0)": timeit(lambda: K.drift_state(w, w0), reps),
             "l=1 sketch": timeit(lambda: K.drift_state(w, w0, sketch_depth=1, sketch_width=WIDTH, seed=SEED), reps),
             "l=5 sketch": timeit(lambda: K.drift_state(w, w0, sketch_depth=DEPTH, sketch_width=WIDTH, seed=SEED), reps),
-            "l=5 hashing only (no scatter)": timeit(lambda: prof(w, w0, DEPTH, WIDTH, SEED, 1), reps),
-            "l=5 scatter only (bucket i % m, no hash)": timeit(lambda: prof(w, w0, DEPTH, WIDTH, SEED, 2), reps),
         }
+        if prof is not None:
+            b["l=5 hashing only (no scatter)"] = timeit(lambda: prof(w, w0, DEPTH, WIDTH, SEED, 1), reps)
+            b["l=5 scatter only (bucket i % m, no hash)"] = timeit(lambda: prof(w, w0, DEPTH, WIDTH, SEED, 2), reps)
         breakdown.append((d, b, floor))
         print(f"d={d}: " + ", ".join(f"{k}={v * 1e3:.3f} ms" for k, v in t.items()), flush=True)
 

@@ -31,14 +31,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+from fda.netmodel import FLOAT_BYTES  # noqa: E402
 
 # bytes per rank: the messages of the comparison runs, then a ladder for the fit
 RUN_SIZES = {
-    4 * 2: "Linear state (2 floats)",
-    4 * 1251: "Sketch state (1 + 5 x 250 floats)",
-    4 * 57_699: "charlm model",
-    4 * 61_706: "LeNet-5 model",
-    4 * 2_592_202: "VGG16* model",
+    FLOAT_BYTES * 2: "Linear state (2 floats)",
+    FLOAT_BYTES * 1251: "Sketch state (1 + 5 x 250 floats)",
+    FLOAT_BYTES * 57_699: "charlm model",
+    FLOAT_BYTES * 61_706: "LeNet-5 model",
+    FLOAT_BYTES * 2_592_202: "VGG16* model",
 }
 LADDER = [64, 1024, 16_384, 65_536, 1 << 20, 4 << 20]
 

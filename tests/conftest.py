@@ -106,7 +106,7 @@ def mpi_ctx():
 
     context = fda.init(seed=0, threads=1, abort_on_error=False)
     yield context
-    context.world.stop_watching()
+    context.fda_comm.stop_watching()
 
 
 def run_fda(*args, n=2, timeout=240, cwd=None, env=None):

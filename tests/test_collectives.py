@@ -162,3 +162,50 @@ def test_synchronizer_compressed_sync_bytes_and_identical_w0(mpi_ctx, compressio
     assert packed.comm_bytes == monitoring + 4 * 2 * K * (d * bits // 8 + 4 * math.ceil(d / BLOCK))
     assert packed.comm_bytes_float32 == plain.comm_bytes == plain.comm_bytes_float32 == monitoring + 4 * 2 * K * 4 * d
     assert "sync " + compression in packed.describe()
+
+
+# ------------------------------------------- the compressed sync's math, without communication
+def _residuals(seed, hosted, blocks, scale=0.01):
+    g = torch.Generator().manual_seed(seed)
+    from fda.collectives import BLOCK
+    return [scale * torch.randn(blocks * BLOCK, generator=g) * torch.linspace(0.1, 3.0, blocks * BLOCK)
+            for _ in range(hosted)]
+
+
+def test_block_peaks_are_the_largest_magnitude_per_block_over_the_workers():
+    from fda.collectives import BLOCK, block_peaks
+    seed = 7
+    es = _residuals(seed, 3, 2)
+    es[1][5] = float("nan")  # a NaN peak becomes +inf: MAX stays order-independent
+    peaks = block_peaks(es, 2)
+    assert peaks[0] == float("inf"), f"seed {seed}"
+    expected = torch.stack([e.view(2, BLOCK).abs().amax(1) for e in (es[0], es[2])]).amax(0)[1]
+    assert peaks[1] == torch.maximum(expected, es[1].view(2, BLOCK)[1].abs().max()), f"seed {seed}"
+
+
+@pytest.mark.parametrize("compression", ["int16", "int8"])
+def test_quantize_then_decode_is_the_mean_up_to_half_a_step(compression):
+    from fda.collectives import BLOCK, block_peaks, decode_mean_, levels, quantize_
+    seed, hosted, blocks = 11, 3, 3
+    es = _residuals(seed, hosted, blocks)
+    v = torch.stack([e.clone() for e in es])
+    L = levels(compression, hosted)  # one rank hosting all K workers: its sum is the total
+    peaks = block_peaks(es, blocks)
+    biased = quantize_(es, peaks, L)
+    assert torch.equal(biased, biased.round()) and biased.min() >= 0 and biased.max() <= 2 * L * hosted
+    mean_q = decode_mean_(torch.zeros(blocks, BLOCK), biased.reshape(-1), peaks, L, hosted)
+    step = (peaks / L).repeat_interleave(BLOCK)
+    residuals = torch.stack(es)
+    # e_k = v_k - Q(v_k): half a step, up to float32 rounding of v * (L / peak) at a tie
+    assert bool((residuals.abs() <= step / 2 * (1 + 1e-3)).all()), f"seed {seed}"
+    # nothing lost: mean Q(v) + mean e == mean v
+    assert torch.allclose(mean_q.reshape(-1) + residuals.mean(0), v.mean(0), atol=1e-7), f"seed {seed}"
+
+
+def test_a_zero_block_quantizes_to_zero():
+    from fda.collectives import BLOCK, block_peaks, decode_mean_, quantize_
+    es = [torch.zeros(BLOCK), torch.zeros(BLOCK)]
+    peaks = block_peaks(es, 1)
+    biased = quantize_(es, peaks, 5)
+    assert torch.equal(biased, torch.full((1, BLOCK), 10.0))  # q = 0, biased by L for each worker
+    assert torch.equal(decode_mean_(torch.ones(1, BLOCK), biased.reshape(-1), peaks, 5, 2), torch.zeros(1, BLOCK))

@@ -58,7 +58,18 @@ def test_python_and_the_package_itself():
     assert "-e ." in pip  # fda itself, editable
 
 
-def test_cluster_mpi_is_explained():
+def test_the_cluster_recipe_removes_mpich_and_only_mpich():
+    """The recipe for a cluster's own MPI says: delete the `- mpich` line. Deleted, the environment
+    still installs everything pyproject.toml requires (mpi4py included, to be built against the
+    cluster's MPI), and no MPI library of its own; the wheel is an optional extra, never required."""
     text = (REPO / "environment.yml").read_text()
-    assert "MPICC=mpicc pip install --no-binary=mpi4py" in text
-    assert "mpich" in _by_name([p for p in _env()[1] if not p.startswith("-")])
+    lines = text.splitlines()
+    mpich = [i for i, line in enumerate(lines) if line.strip() == "- mpich"]
+    assert len(mpich) == 1, "environment.yml needs exactly one `- mpich` line for the recipe to delete"
+    without = yaml.safe_load("\n".join(lines[:mpich[0]] + lines[mpich[0] + 1:]))
+    pip = [p for dep in without["dependencies"] if isinstance(dep, dict) for p in dep["pip"]]
+    left = _by_name([p for p in pip if not p.startswith("-")])
+    assert "mpich" not in left and "mpi4py" in left
+    project = _pyproject()
+    assert set(_by_name(project["dependencies"])) <= set(left)
+    assert "mpich" not in _by_name(project["dependencies"]) and "mpich" in _by_name(project["optional-dependencies"]["mpich"])

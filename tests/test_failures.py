@@ -92,7 +92,7 @@ def test_uncaught_exception_in_a_library_script_ends_the_job(tmp_path):
         if ctx.rank == 1:
             time.sleep(0.5)
             raise RuntimeError("boom in user code")
-        ctx.comm.Barrier()  # rank 0 waits here forever unless the failure path ends it
+        ctx.mpi_comm.Barrier()  # rank 0 waits here forever unless the failure path ends it
         print("rank 0 passed the barrier", flush=True)
     """))
     rc, err, out = _run_until_failure([str(MPIEXEC), "-n", "2", sys.executable, str(script)],

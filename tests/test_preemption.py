@@ -2,7 +2,6 @@
 --resume then ends bit-identical to an uninterrupted run, with no step lost or repeated."""
 import json
 import os
-import random
 import signal
 import time
 
@@ -10,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
+from _helpers import seeded_random
 from conftest import (TIMING, assert_consistent_rows, kill_job, rank_pids, read_log, run_fda, start_fda,
                       wait_for_file)
 from fda import preemption
@@ -38,7 +38,7 @@ def _rows_logged(path) -> int:
         return 0
 
 
-def _signal_at_step(proc, run, target: int, sig: int, to: str) -> None:
+def _signal_at_step(proc, run, target: int, sig: int, to: str, rng) -> None:
     """Send `sig` once the log shows `target` steps, to one random rank or to mpiexec (which forwards it)."""
     wait_for_file(run / "metrics.h5", proc)
     deadline = time.monotonic() + 240
@@ -49,14 +49,14 @@ def _signal_at_step(proc, run, target: int, sig: int, to: str) -> None:
     if to == "mpiexec":
         os.kill(proc.pid, sig)
     else:
-        os.kill(random.choice(rank_pids(proc)), sig)
+        os.kill(rng.choice(rank_pids(proc)), sig)
 
 
-def _interrupt(proc, run, target: int, sig: int, to: str) -> int:
+def _interrupt(proc, run, target: int, sig: int, to: str, rng) -> int:
     """Signal the job after `target` steps; check the resumable stop; return the step it stopped at."""
     why = f"{signal.Signals(sig).name} to {to} after step {target}"
     try:
-        _signal_at_step(proc, run, target, sig, to)
+        _signal_at_step(proc, run, target, sig, to, rng)
         _, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
@@ -86,6 +86,7 @@ def test_signals_at_random_steps_then_resume_on_any_layout_is_bit_identical(tmp_
     step), resumed each time on a layout of the same K=4 (workers_per_rank follows from the ranks),
     the run ends with the same bits as the uninterrupted 4x1 run: no step lost or repeated."""
     run = tmp_path / "run"
+    rng = seeded_random()
     stopped = -1
     for i, (ranks, per_rank, sig, to) in enumerate(chain):
         args = (["train", *SETTINGS, f"workers_per_rank={per_rank}", "--out", run] if i == 0
@@ -94,8 +95,8 @@ def test_signals_at_random_steps_then_resume_on_any_layout_is_bit_identical(tmp_
             res = run_fda(*args, n=ranks)
             assert res.returncode == 0, res.stderr[-3000:]
             break
-        target = random.randint(stopped + 1, stopped + 1 + STEPS // 3)
-        stopped = _interrupt(start_fda(*args, n=ranks), run, target, sig, to)
+        target = rng.randint(stopped + 1, stopped + 1 + STEPS // 3)
+        stopped = _interrupt(start_fda(*args, n=ranks), run, target, sig, to, rng)
 
     got = read_log(run)
     assert got["attrs"]["status"] == "completed" and got["attrs"]["workers_per_rank"] == chain[-1][1]
@@ -117,6 +118,12 @@ spec = importlib.util.spec_from_file_location("preemption", sys.argv[1])
 preemption = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(preemption)
 preemption.install("probe")
+
+def answer():  # the handshake: every line on stdin is answered with whether a stop was asked for
+    for _ in sys.stdin:
+        print("stop requested" if preemption.requested() else "running", flush=True)
+
+threading.Thread(target=answer, daemon=True).start()
 print("ready", flush=True)
 lock = threading.Lock()
 lock.acquire()
@@ -124,17 +131,29 @@ lock.acquire()  # blocked for good, as a rank in a collective whose peers never 
 """
 
 
+def _ask(probe) -> str:
+    """One handshake with the probe: '' when it has ended."""
+    probe.stdin.write("?\n")
+    probe.stdin.flush()
+    return probe.stdout.readline().strip()
+
+
 def test_a_second_signal_ends_the_process_at_once_even_when_blocked(tmp_path):
     import subprocess
     import sys
 
     probe = subprocess.Popen([sys.executable, "-c", SECOND_SIGNAL_PROBE, preemption.__file__],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert probe.stdout.readline().strip() == "ready"
+        assert _ask(probe) == "running"
         probe.send_signal(signal.SIGTERM)
-        time.sleep(preemption.REPEAT_WINDOW_S + 0.5)
-        assert probe.poll() is None, "the first signal only asks for a stop at the next step"
+        deadline = time.monotonic() + 20
+        while (answer := _ask(probe)) == "running":  # until the signal has been handled
+            assert time.monotonic() < deadline, "the first signal was not handled within 20 s"
+        # it answered after handling the signal: still alive
+        assert answer == "stop requested", "the first signal only asks for a stop at the next step"
+        time.sleep(preemption.REPEAT_WINDOW_S + 0.5)  # past the window in which a repeat is the same request
         probe.send_signal(signal.SIGUSR1)
         _, err = probe.communicate(timeout=20)
     finally:
@@ -155,13 +174,13 @@ def test_the_flag_of_one_rank_stops_every_rank_at_the_same_step(mpi_ctx):
     model = torch.nn.Linear(4, 2)
     sync = Synchronizer(model, mpi_ctx, strategy="fedavg", tau=1000)
     collectives = []
-    real = mpi_ctx.world.allreduce_to_host
+    real = mpi_ctx.fda_comm.allreduce_to_host
 
     def counting(*a, **k):
         collectives.append(k.get("kind", a[2] if len(a) > 2 else ""))
         return real(*a, **k)
 
-    mpi_ctx.world.allreduce_to_host = counting
+    mpi_ctx.fda_comm.allreduce_to_host = counting
     try:
         stopped_at = None
         for step in range(1, 8):
@@ -172,10 +191,10 @@ def test_the_flag_of_one_rank_stops_every_rank_at_the_same_step(mpi_ctx):
                 stopped_at = step
                 break
     finally:
-        mpi_ctx.world.allreduce_to_host = real
+        mpi_ctx.fda_comm.allreduce_to_host = real
         preemption.uninstall()  # also forgets the request
     assert stopped_at == 4
-    assert mpi_ctx.world.allgather_object(stopped_at) == [4] * mpi_ctx.world_size
+    assert mpi_ctx.fda_comm.allgather_object(stopped_at) == [4] * mpi_ctx.world_size
     assert len(collectives) == 4  # one state Allreduce per step, the flag included
 
 
@@ -196,7 +215,7 @@ def _stopped_run(ctx, out, monkeypatch, where: str, at_step: int = 0):
             real = getattr(target, name)
 
             def signalled(*a, **k):
-                if ctx.world.position.step == at_step:
+                if ctx.fda_comm.position.step == at_step:
                     preemption.request("test")
                 return real(*a, **k)
             monkeypatch.setattr(target, name, signalled)
@@ -211,7 +230,7 @@ def test_a_signal_anywhere_ends_in_a_resumable_state(mpi_ctx, shared_dir, monkey
     out = shared_dir / "run"
     summary = _stopped_run(mpi_ctx, out, monkeypatch, where, at_step)
     assert summary.get("interrupted") and summary["steps"] == stops_after  # the same on every rank
-    assert mpi_ctx.world.allgather_object(summary["steps"]) == [stops_after] * mpi_ctx.world_size
+    assert mpi_ctx.fda_comm.allgather_object(summary["steps"]) == [stops_after] * mpi_ctx.world_size
     if mpi_ctx.rank == 0:
         log = read_log(out)
         assert log["attrs"]["status"] == "interrupted" and log["attrs"]["stopped_at_step"] == stops_after

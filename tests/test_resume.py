@@ -1,11 +1,11 @@
 """Checkpoint / resume and the crash-safe log, through real `mpiexec` runs killed with SIGKILL."""
-import random
 import time
 
 import numpy as np
 import pytest
 import torch
 
+from _helpers import seeded_random
 from conftest import TIMING, assert_consistent_rows, kill_job, read_log, run_fda, start_fda, wait_for_file
 from fda.h5log import EVAL_FIELDS, STEP_FIELDS, run_status
 
@@ -85,7 +85,7 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path, extra):
 
 @pytest.mark.slow
 def test_log_readable_after_sigkill_at_a_random_moment(tmp_path):
-    rng = random.Random()
+    rng = seeded_random()
     for trial in range(2):
         run = tmp_path / f"k{trial}"
         proc = start_fda("train", "--no-progress", "dataset=synthetic", "model=mlp", "threads=1", "max_steps=100000", "log_flush_every=1",

@@ -19,8 +19,7 @@ Add FDA to an existing PyTorch training script (launch it with `mpiexec -n K pyt
 and raises `fda.ConfigError` for bad ones; `fda.shard` is an optional data helper.
 examples/own_loop.py is this example, runnable as written.
 """
-__version__ = "0.1.0"
-
+from fda.version import __version__  # noqa: E402
 from fda.config import Config, ConfigError, make_config  # noqa: E402
 from fda.context import Context, Shard, init, shard  # noqa: E402
 from fda.synchronizer import Synchronizer  # noqa: E402

@@ -88,8 +88,7 @@ def save(out: Path, ctx, sync, models, optimizers, loaders, *, finished: bool = 
                                   "world_size": ctx.world_size, "workers_per_rank": ctx.workers_per_rank,
                                   "finished": finished}),
                       where / "meta.json")
-    if sync.log is not None:
-        sync.log.flush(durable=True)
+    sync.flush_log(durable=True)
     ctx.world.barrier()
     if ctx.is_root:
         latest = _dir(out) / "LATEST"
@@ -133,8 +132,7 @@ def find_latest(out: Path, ctx) -> Checkpoint | None:
         except ConfigError as e:
             problem = str(e)
     meta, problem = ctx.world.bcast_object((meta, problem))
-    if problem:
-        raise ConfigError(problem)
+    _raise_if(problem)
     if meta is None:
         return None
     if meta["workers"] != ctx.workers:
@@ -152,9 +150,7 @@ def find_latest(out: Path, ctx) -> Checkpoint | None:
                           rng=load(f"rng_rank_{ctx.rank}.pt") if same_layout else None)
     except (OSError, RuntimeError, EOFError, KeyError, ValueError) as e:
         problem = f"cannot read the checkpoint in {where}: {e}"
-    problems = [p for p in ctx.world.allgather_object(problem) if p]
-    if problems:
-        raise ConfigError(problems[0])
+    _raise_any_rank(ctx, problem)
     return ckpt
 
 
@@ -217,9 +213,20 @@ def prepare_out_dir(out: Path, ctx, *, resume: bool, overwrite: bool) -> None:
             problem = str(e)
         except OSError as e:
             problem = f"cannot write to the output directory {out}: {e}"
-    problem = ctx.world.bcast_object(problem)
+    _raise_if(ctx.world.bcast_object(problem))
+
+
+def _raise_if(problem: str | None) -> None:
+    """A problem every rank holds (broadcast from rank 0) becomes the same ConfigError everywhere."""
     if problem:
         raise ConfigError(problem)
+
+
+def _raise_any_rank(ctx, problem: str | None) -> None:
+    """The first rank's problem (gathered from all) becomes the same ConfigError on every rank."""
+    problems = [p for p in ctx.world.allgather_object(problem) if p]
+    if problems:
+        raise ConfigError(problems[0])
 
 
 def clear(out: Path) -> None:

@@ -14,18 +14,9 @@ from fda.config import FIELD_NAMES, ConfigError, make_config
 from fda.preemption import RESUMABLE_EXIT
 
 
-def _rank() -> int:
-    from mpi4py import MPI
-    return MPI.COMM_WORLD.Get_rank()
-
-
-def _world_size() -> int:
-    from mpi4py import MPI
-    return MPI.COMM_WORLD.Get_size()
-
-
 def _say_error(message: str) -> None:
-    if _rank() == 0:
+    from fda.comm import world_rank  # MPI starts only for the commands that need it
+    if world_rank() == 0:
         print(f"fda: error: {message}", file=sys.stderr, flush=True)
 
 
@@ -76,6 +67,7 @@ def _resume_config(args):
     error, except how it is executed (EXECUTION_KEYS). Without workers_per_rank given, it follows from the
     newest checkpoint's K and this job's ranks (e.g. 8 ranks x 1 resumed on 4 ranks: 2 per rank)."""
     from fda import checkpoint
+    from fda.comm import world_rank, world_size
     from fda.config import EXECUTION_KEYS, load_file, parse_overrides
 
     stored = checkpoint.read_config(args.resume)
@@ -90,10 +82,10 @@ def _resume_config(args):
                               + ", ".join(EXECUTION_KEYS) + ")")
     given = {**(load_file(args.config) if args.config else {}), **parse_overrides(args.settings)}
     meta = checkpoint.saved_layout(args.resume)
-    ranks = _world_size()
+    ranks = world_size()
     if "workers_per_rank" not in given and meta and meta["workers"] % ranks == 0:
         per_rank = meta["workers"] // ranks
-        if per_rank != cfg.workers_per_rank and _rank() == 0:
+        if per_rank != cfg.workers_per_rank and world_rank() == 0:
             print(f"fda: resuming K={meta['workers']} workers on {ranks} ranks: workers_per_rank={per_rank} "
                   f"(the checkpoint was written by {meta['world_size']} x {meta['workers_per_rank']})",
                   file=sys.stderr, flush=True)
@@ -103,10 +95,11 @@ def _resume_config(args):
 
 def cmd_train(args) -> int:
     from fda import train
+    from fda.comm import world_size
     from fda.launch import launch_problem
     from fda.synchronizer import CollectiveError
 
-    if problem := launch_problem(_world_size()):  # e.g. srun without --mpi: N separate 1-rank jobs
+    if problem := launch_problem(world_size()):  # e.g. srun without --mpi: N separate 1-rank jobs
         return _say_error(problem) or 2
     try:
         if args.resume:
@@ -122,40 +115,37 @@ def cmd_train(args) -> int:
         return 2
 
     import fda
-    from mpi4py import MPI
-    ctx, problem = None, None
-    try:
-        ctx = fda.init(seed=cfg.seed, device=cfg.device, threads=cfg.threads,
-                       workers_per_rank=cfg.workers_per_rank, gpu_aware_mpi=cfg.gpu_aware_mpi)
+    from fda.comm import same_error_everywhere
+    ctx = None
+    try:  # e.g. no GPU on one node: every rank must stop, not only the one that found it
+        with same_error_everywhere(ValueError):
+            ctx = fda.init(seed=cfg.seed, device=cfg.device, threads=cfg.threads,
+                           workers_per_rank=cfg.workers_per_rank, gpu_aware_mpi=cfg.gpu_aware_mpi)
     except ValueError as e:
-        problem = str(e)
-    # e.g. no GPU on one node: every rank must stop, not only the one that found it
-    problems = [p for p in MPI.COMM_WORLD.allgather(problem) if p]
-    if problems:
         if ctx is not None:
-            ctx.world.stop_watching()
-        _say_error(problems[0])
+            ctx.fda_comm.stop_watching()
+        _say_error(str(e))
         return 2
     try:
         summary = train.run(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, ctx=ctx,
                             progress=not args.no_progress)
     except ConfigError as e:
-        ctx.world.stop_watching()
+        ctx.fda_comm.stop_watching()
         _say_error(str(e))
         return 2
     except CollectiveError as e:
-        ctx.world.stop_watching()
+        ctx.fda_comm.stop_watching()
         _say_error(str(e))
         return 1
     except Exception as e:  # one rank failed: end them all, rank 0 marks the log failed
         traceback.print_exc()
-        ctx.world.fail(f"{type(e).__name__}: {e}")
+        ctx.fda_comm.fail(f"{type(e).__name__}: {e}")
         return 1
     if summary.get("interrupted"):
         if ctx.is_root:
             print(f"fda: interrupted by a signal: stopped after step {summary['steps']} with a checkpoint; "
                   f"continue with: fda train --resume {out}  (exit code {RESUMABLE_EXIT})", file=sys.stderr, flush=True)
-        ctx.world.stop_watching()
+        ctx.fda_comm.stop_watching()
         return RESUMABLE_EXIT
     if ctx.is_root:
         if summary.get("already_complete"):
@@ -163,7 +153,7 @@ def cmd_train(args) -> int:
                   flush=True)
         else:
             print(train.format_summary(summary), flush=True)
-    ctx.world.stop_watching()
+    ctx.fda_comm.stop_watching()
     return 0
 
 

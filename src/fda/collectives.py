@@ -1,16 +1,16 @@
 """How a sync's bytes travel: the K workers' models averaged with MPI collectives.
 
-`ExactMean` (sync_compression=none) is the float32 sync of FDA.md section 3: the hosted
+`ExactMean` (sync_compression=none) is the float32 sync of docs/algorithm.md, "The training step": the hosted
 workers' flat buffers summed locally, ONE in-place Allreduce, then ONE pass over the sum
-(kernels.mean_epilogue_) that divides by K and, when the mean is the new global model, also
-refreshes w0, the update direction and the other hosted workers' copies.
+(kernels.mean_epilogue_) that divides by K and, when the mean becomes the new global model,
+also refreshes w0, the update direction and the other hosted workers' copies.
 
-Both take `final`: True when the mean IS the new global model (no outer step, nothing that needs
-the old w0 afterwards): then every hosted worker's flat buffer and `ref` end as the new model,
-and `drift` (if given) as new - old over its length. False: only worker 0's flat buffer holds
-the mean, and the caller finishes the sync.
+Both take `becomes_global`: True when the mean IS the new global model (no outer step, nothing
+that needs the old w0 afterwards): then every hosted worker's flat buffer and `ref` end as the
+new model, and `update` (if given) as new - old over its length (the caller normalises it into
+xi). False: only worker 0's flat buffer holds the mean, and the caller finishes the sync.
 
-`QuantizedMean` (int16, int8) is the compressed sync of FDA.md section 7. Every hosted worker
+`QuantizedMean` (int16, int8) is the compressed sync of docs/algorithm.md, "Compressed syncs". Every hosted worker
 k sends v_k = u_k + e_k (its drift from the last global flat model w0 plus its error-feedback
 residual), quantized; the new global model is w0 + mean_k Q(v_k), and e_k <- v_k - Q(v_k)
 keeps what the quantization dropped for the next sync. It stays bit-identical on every rank:
@@ -22,21 +22,24 @@ keeps what the quantization dropped for the next sync. It stays bit-identical on
   3. the fields are summed by ONE Allreduce of 64-bit unsigned words (Comm.allreduce_fields_):
      integer addition is exact and order-independent, and no carry crosses a field;
   4. every rank decodes the same sums with the same float32 operations: the same new w0.
+The arithmetic of steps 1, 2 and 4 is in pure functions (`block_peaks`, `quantize_`,
+`decode_mean_`), without communication; `QuantizedMean.average_` adds the two Allreduces.
 """
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
 from fda import kernels
 from fda.config import ConfigError
 from fda.flat import FlatModel, pairwise_sum_
+from fda.sync.accounting import FLOAT_BYTES
 
 BLOCK = 4096  # values per quantization scale: 4 bytes of scale per 4096 values (0.1% of an int8 sync)
 WIDTHS = {"int16": 16, "int8": 8}
 _FIELD_DTYPES = {16: torch.uint16, 8: torch.uint8}
-FLOAT_BYTES = 4
 
 
 class CollectiveError(RuntimeError):
@@ -62,29 +65,75 @@ def check_compression(compression: str, workers: int) -> None:
         levels(compression, workers)
 
 
+def _renamed(becomes_global: bool, update, kwargs: dict) -> tuple[bool, torch.Tensor | None]:
+    """The deprecated keywords final= and drift= of average_, as becomes_global= and update=."""
+    for old, new in (("final", "becomes_global"), ("drift", "update")):
+        if old in kwargs:
+            warnings.warn(f"average_({old}=...) is deprecated: use {new}=", DeprecationWarning, stacklevel=3)
+    unknown = set(kwargs) - {"final", "drift"}
+    if unknown:
+        raise TypeError(f"average_() got unexpected keyword arguments {sorted(unknown)}")
+    return kwargs.get("final", becomes_global), kwargs.get("drift", update)
+
+
+# ------------------------------------------------------------------ the compressed sync's math
+def block_peaks(residuals: list[torch.Tensor], blocks: int) -> torch.Tensor:
+    """max over the hosted workers of max |v| per block of BLOCK values (float32, one per block);
+    a non-finite peak becomes +inf (NaN would make the MAX Allreduce order-dependent)."""
+    peaks = None
+    for e in residuals:
+        peak = e.view(blocks, BLOCK).abs().amax(dim=1)
+        peaks = peak if peaks is None else torch.maximum(peaks, peak)
+    return peaks.masked_fill_(~torch.isfinite(peaks), math.inf)
+
+
+def quantize_(residuals: list[torch.Tensor], peaks: torch.Tensor, L: int) -> torch.Tensor:
+    """Quantize every hosted worker's v_k (held in its residual buffer) against the agreed block
+    peaks: returns this rank's sum of the biased integers q + L (exact small integers in float32,
+    [blocks, BLOCK]) and leaves e_k <- v_k - Q(v_k) in each residual."""
+    step = peaks / L                                   # one quantization step per block
+    inv = torch.where(peaks > 0, L / peaks, torch.zeros_like(peaks))[:, None]
+    biased = None
+    for e in residuals:
+        v = e.view(peaks.numel(), BLOCK)
+        q = (v * inv).round_().clamp_(-L, L)
+        biased = q + L if biased is None else biased.add_(q).add_(L)
+        v.sub_(q.mul_(step[:, None]))                  # e_k <- v_k - Q(v_k)
+    return biased
+
+
+def decode_mean_(out: torch.Tensor, field_sums: torch.Tensor, peaks: torch.Tensor, L: int, workers: int) -> torch.Tensor:
+    """mean_k Q(v_k) from the K workers' summed biased fields, into `out` ([blocks, BLOCK] float32;
+    only the first field_sums.numel() values are meaningful). The same float32 operations on every rank."""
+    out.view(-1)[:field_sums.numel()].copy_(field_sums)
+    return out.sub_(workers * L).mul_((peaks / L / workers)[:, None])
+
+
 class ExactMean:
-    """Every worker's flat model becomes the float32 mean over all K workers."""
+    """The float32 mean over all K workers, in worker 0's flat buffer (and, when it becomes the
+    global model, in every hosted worker's and in `ref`)."""
 
     name = "none"
 
     def __init__(self, world, K: int):
         self.world, self.K = world, K
 
-    def average_(self, workers: list[FlatModel], ref: torch.Tensor | None = None, *, final: bool = False,
-                 drift: torch.Tensor | None = None) -> torch.Tensor:
+    def average_(self, workers: list[FlatModel], ref: torch.Tensor | None = None, *, becomes_global: bool = False,
+                 update: torch.Tensor | None = None, **deprecated) -> torch.Tensor:
         """The mean over the K workers, in worker 0's flat buffer (returned); see the module
-        docstring for `final`, `ref` (the last global flat model) and `drift`."""
+        docstring for `becomes_global`, `ref` (the last global flat model) and `update`."""
+        becomes_global, update = _renamed(becomes_global, update, deprecated)
         buf = pairwise_sum_([w.flat for w in workers])
         self.world.allreduce_(buf, "sum", kind="sync")
-        if final:
-            kernels.mean_epilogue_(buf, self.K, ref=ref, drift=drift, copies=[w.flat for w in workers[1:]])
+        if becomes_global:
+            kernels.mean_epilogue_(buf, self.K, ref=ref, update=update, copies=[w.flat for w in workers[1:]])
         else:
             kernels.mean_epilogue_(buf, self.K)
         mean_of_tensors_(self.world, [w.other_buffers for w in workers], self.K)
         return buf
 
     def wire_bytes(self, n: int) -> int:
-        """Bytes one worker sends for n values in the paper's accounting (FDA.md section 5)."""
+        """Bytes one worker sends for n values in the paper's accounting (docs/algorithm.md, "Byte accounting")."""
         return FLOAT_BYTES * n
 
     def worker_state_dict(self, j: int) -> dict:
@@ -110,43 +159,35 @@ class QuantizedMean:
         self._wire = torch.zeros(math.ceil(n * self.bits / 64) * 8, dtype=torch.uint8, device=device)
         self._fields = self._wire.view(_FIELD_DTYPES[self.bits])[:n]
 
-    def average_(self, workers: list[FlatModel], ref: torch.Tensor, *, final: bool = False,
-                 drift: torch.Tensor | None = None) -> torch.Tensor:
+    def average_(self, workers: list[FlatModel], ref: torch.Tensor, *, becomes_global: bool = False,
+                 update: torch.Tensor | None = None, **deprecated) -> torch.Tensor:
         """The new global flat model ref + mean_k Q(v_k), written into worker 0's flat buffer and
-        returned; every hosted worker's residual is updated. `final`, `drift`: see the module
-        docstring."""
-        n = ref.numel()
-        peaks = None
-        for w, e in zip(workers, self.residuals):
-            # v_k = (w_k - w0) + e_k, kept in e_k's buffer: w_k - w0 first, as w_k and w0 are close
-            # (it loses no bits then), where (w_k + e_k) - w0 would round e_k to w_k's precision
-            torch.sub(w.flat, ref, out=self._drift)
-            e[:n].add_(self._drift)
-            peak = e.view(self.blocks, BLOCK).abs().amax(dim=1)
-            peaks = peak if peaks is None else torch.maximum(peaks, peak)
-        peaks.masked_fill_(~torch.isfinite(peaks), math.inf)  # NaN would make MAX order-dependent
+        returned; every hosted worker's residual is updated. `becomes_global`, `update`: see the
+        module docstring."""
+        becomes_global, update = _renamed(becomes_global, update, deprecated)
+        self._add_drifts(workers, ref)
+        peaks = block_peaks(self.residuals, self.blocks)
         self.world.allreduce_(peaks, "max", kind="sync")
         if not bool(torch.isfinite(peaks).all()):
             raise CollectiveError("non-finite weights at a sync (diverged: try a smaller lr or check the data)")
-        step = peaks / self.L                                   # one quantization step per block
-        inv = torch.where(peaks > 0, self.L / peaks, torch.zeros_like(peaks))[:, None]
-        biased = None  # this rank's sum of q + L: small non-negative integers, exact in float32
-        for e in self.residuals:
-            v = e.view(self.blocks, BLOCK)
-            q = (v * inv).round_().clamp_(-self.L, self.L)
-            biased = q + self.L if biased is None else biased.add_(q).add_(self.L)
-            v.sub_(q.mul_(step[:, None]))                      # e_k <- v_k - Q(v_k)
-        self._fields.copy_(biased.view(-1)[:n])
+        n = ref.numel()
+        self._fields.copy_(quantize_(self.residuals, peaks, self.L).view(-1)[:n])
         self.world.allreduce_fields_(self._wire, kind="sync")
-        mean_q = self._decoded.view(self.blocks, BLOCK)
-        mean_q.view(-1)[:n].copy_(self._fields)
-        mean_q.sub_(self.K * self.L).mul_((step / self.K)[:, None])
+        mean_q = decode_mean_(self._decoded.view(self.blocks, BLOCK), self._fields, peaks, self.L, self.K)
         target = workers[0].flat
         torch.add(ref, mean_q.view(-1)[:n], out=target)
-        if final:  # target is the new global model already (divisor 1: exact)
-            kernels.mean_epilogue_(target, 1, ref=ref, drift=drift, copies=[w.flat for w in workers[1:]])
+        if becomes_global:  # target is the new global model already (divisor 1: exact)
+            kernels.mean_epilogue_(target, 1, ref=ref, update=update, copies=[w.flat for w in workers[1:]])
         mean_of_tensors_(self.world, [w.other_buffers for w in workers], self.K)
         return target
+
+    def _add_drifts(self, workers: list[FlatModel], ref: torch.Tensor) -> None:
+        """v_k = (w_k - w0) + e_k, kept in e_k's buffer: w_k - w0 first, as w_k and w0 are close
+        (it loses no bits then), where (w_k + e_k) - w0 would round e_k to w_k's precision."""
+        n = ref.numel()
+        for w, e in zip(workers, self.residuals):
+            torch.sub(w.flat, ref, out=self._drift)
+            e[:n].add_(self._drift)
 
     def wire_bytes(self, n: int) -> int:
         """Bytes one worker sends for n values: the fields and one float32 scale per block."""

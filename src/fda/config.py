@@ -15,20 +15,22 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-STRATEGIES = ("fda", "synchronous", "fedavg", "fedopt", "fda_opt", "kamp", "diloco")
-OUTER_OPTIMIZERS = ("none", "sgd", "sgdm", "nesterov", "adam", "adagrad")
-# Settings whose default (None) depends on the strategy: DiLoCo (Douillard et al. 2023) is
-# fedavg with tau = H = 500, outer SGD with Nesterov momentum 0.9 and lr 0.7, inner AdamW
-# (weight decay 0.1); FedOpt and FDA-Opt default to FedAvgM's outer step.
-STRATEGY_DEFAULTS = {
-    "diloco": {"tau": 500, "server_optimizer": "nesterov", "server_lr": 0.7, "optimizer": "adamw",
-               "weight_decay": 0.1},
-    "fedopt": {"server_optimizer": "sgdm"},
-    "fda_opt": {"server_optimizer": "sgdm"},
-}
+from fda.data import DATASET_NAMES, PARTITION_SCHEMES
+from fda.models import MODEL_NAMES
+from fda.monitor import monitor_names
+from fda.outer import OUTER_OPTIMIZERS
+from fda.strategies.registry import AUTO_THETA, STRATEGY_DEFAULTS, strategy_names
+
+# The names a setting accepts are the registries' own: adding a strategy, monitor, outer optimizer,
+# model or dataset to its registry makes it a valid setting here.
+STRATEGIES = strategy_names()
+MONITORS = monitor_names()
+MODELS = MODEL_NAMES
+DATASETS = DATASET_NAMES
+PARTITIONS = PARTITION_SCHEMES
+# The generic defaults of the settings whose default (None) a strategy may choose (STRATEGY_DEFAULTS).
 DEFAULTS = {"tau": 1, "server_optimizer": "none", "server_lr": 0.316, "optimizer": "adam", "weight_decay": 0.0}
-MONITORS = ("naive", "linear", "sketch")
-THETA_RULES = {"hpc": 2.7e-5, "balanced": 3.9e-5, "fl": 4.9e-5}  # FDA.md section 6: theta = c * d
+THETA_RULES = {"hpc": 2.7e-5, "balanced": 3.9e-5, "fl": 4.9e-5}  # docs/algorithm.md, "theta=auto": theta = c * d
 # How a run is executed, not what it computes: these may change when it resumes (K = ranks x
 # workers_per_rank must not; fda.checkpoint checks it).
 EXECUTION_KEYS = ("workers_per_rank", "threads", "device", "gpu_aware_mpi", "stall_timeout", "checkpoint_every",
@@ -43,15 +45,18 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
     # model and data
-    model: Literal["lenet5", "mlp", "vgg16star", "charlm", "densenet121", "densenet201", "convnext_large"] = "lenet5"
-    dataset: Literal["fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic", "shakespeare"] = "fashion-mnist"
+    model: Literal[MODELS] = "lenet5"  # type: ignore[valid-type]
+    dataset: Literal[DATASETS] = "fashion-mnist"  # type: ignore[valid-type]
     data_dir: str | None = None
-    partition: Literal["iid", "noniid", "label", "dirichlet", "natural"] = "iid"
+    partition: Literal[PARTITIONS] = "iid"  # type: ignore[valid-type]
     noniid_fraction: float = Field(0.6, ge=0.0, le=1.0)
     label_value: int = Field(0, ge=0)
     dirichlet_alpha: float = Field(1.0, gt=0.0)
 
     # local training
+    # "epoch" means one pass of a worker over its own shard: `epochs` is the run's budget in such
+    # passes, `local_epochs` (fedopt) and `max_epochs` (fda_opt) the length of a round, and the log's
+    # `epoch` column (Synchronizer.epoch) the passes done so far
     epochs: float = Field(1.0, gt=0.0)
     max_steps: int | None = Field(None, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -141,8 +146,8 @@ class Config(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Config":
-        if self.theta == "auto" and self.strategy != "fda":
-            raise ValueError("theta=auto applies to strategy=fda only")
+        if self.theta == "auto" and self.strategy not in AUTO_THETA:
+            raise ValueError(f"theta=auto applies to strategy={' or '.join(AUTO_THETA)} only")
         return self
 
     def to_json(self) -> str:
@@ -159,8 +164,12 @@ class Config(BaseModel):
     def theta_for(self, num_params: int) -> float:
         """The threshold actually used: the given theta, or the paper's rule theta = c * d."""
         if self.theta == "auto":
-            return THETA_RULES[self.theta_profile] * num_params
+            return self.theta_rule_constant() * num_params
         return float(self.theta)
+
+    def theta_rule_constant(self) -> float:
+        """c of theta=auto's rule theta = c * d, for the theta_profile."""
+        return THETA_RULES[self.theta_profile]
 
 
 FIELD_NAMES = tuple(Config.model_fields)

@@ -1,4 +1,4 @@
-"""Modelled wall time to a target accuracy on a network (FDA.md section 7, "Time on a network").
+"""Modelled wall time to a target accuracy on a network (docs/algorithm.md, "Time on a network").
 
 On one machine MPI moves bytes through shared memory, so a run's measured time says nothing
 about the networks where communication efficiency matters. This module prices each run's
@@ -36,10 +36,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Network", "PROFILES", "NetworkError", "parse_network", "ring_allreduce_time", "run_traffic",
+__all__ = ["FLOAT_BYTES", "Network", "PROFILES", "NetworkError", "parse_network", "ring_allreduce_time", "run_traffic",
            "modelled_time_to_target"]
 
-FLOAT_BYTES = 4
+FLOAT_BYTES = 4  # the paper's byte accounting counts float32 values
 
 
 class NetworkError(ValueError):

@@ -1,4 +1,4 @@
-"""The outer update: what a sync does to the global model w0 (FDA.md sections 4 and 7).
+"""The outer update: what a sync does to the global model w0 (docs/algorithm.md, "FedOpt: FedAvgM and FedAdam" and "Outer optimizers on any trigger").
 
 Every sync yields the workers' mean; plain averaging takes it as the next w0. An outer
 optimizer instead treats the pseudo-gradient g = w0 - mean_k w_k as a gradient of w0 and
@@ -12,7 +12,7 @@ import copy
 
 import torch
 
-OUTER_OPTIMIZERS = ("none", "sgd", "sgdm", "nesterov", "adam", "adagrad")
+OUTER_OPTIMIZERS = ("none", "sgd", "sgdm", "nesterov", "adam", "adagrad")  # the server_optimizer setting's values
 
 
 class OuterOptimizer:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sys
 import time
 import uuid
@@ -29,9 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mpi4py import MPI
 
+from fda.comm import (Comm, cpu_threads_for_rank, library_version, mpi_cuda_support, same_error_everywhere,
+                      thread_level, threads_may_call_mpi, world_rank, world_size)
 from fda.config import ConfigError, make_config
+from fda.launch import launch_problem, summation_order
 
 OK, WARN, FAIL = "ok", "WARN", "FAIL"
 
@@ -45,42 +46,35 @@ def _guard(fn, *a):
 
 
 # ----------------------------------------------------------------------------- checks
-def _check_mpi(comm: MPI.Comm) -> tuple[str, str]:
-    size, rank = comm.Get_size(), comm.Get_rank()
-    buf = np.array([rank + 1.0])
+def _check_mpi(world: Comm) -> tuple[str, str]:
+    """Collective: Allreduce results, latency and bandwidth; the library and its thread level."""
+    size, rank = world.size, world.rank
     for _ in range(10):  # warm-up: connections are set up lazily
-        comm.Allreduce(MPI.IN_PLACE, buf.copy(), op=MPI.SUM)
+        world.allreduce_values([rank + 1.0], "sum", kind="preflight")
     n = 200
-    comm.Barrier()
+    world.barrier()
     t = time.perf_counter()
     for _ in range(n):
-        out = np.array([rank + 1.0])
-        comm.Allreduce(MPI.IN_PLACE, out, op=MPI.SUM)
+        out = world.allreduce_values([rank + 1.0], "sum", kind="preflight")
     latency = (time.perf_counter() - t) / n
-    big = np.full(1 << 20, 1.0, dtype=np.float32)  # 4 MiB
-    comm.Barrier()
+    big = torch.full((1 << 20,), 1.0, dtype=torch.float32)  # 4 MiB
+    world.barrier()
     t = time.perf_counter()
-    comm.Allreduce(MPI.IN_PLACE, big, op=MPI.SUM)
+    world.allreduce_(big, "sum", kind="preflight")
     big_s = time.perf_counter() - t
-    latency = comm.allreduce(latency, op=MPI.MAX)
-    big_s = comm.allreduce(big_s, op=MPI.MAX)
+    latency, big_s = world.allreduce_values([latency, big_s], "max", kind="preflight")
     expected = size * (size + 1) / 2
-    if out[0] != expected or not np.all(big == size):
+    if out[0] != expected or not bool(torch.all(big == size)):
         return FAIL, f"Allreduce gave {out[0]} (expected {expected}): the MPI library is broken"
-    library = " ".join(MPI.Get_library_version().strip().splitlines()[0].split())
-    level = MPI.Query_thread()
-    names = {MPI.THREAD_SINGLE: "SINGLE", MPI.THREAD_FUNNELED: "FUNNELED",
-             MPI.THREAD_SERIALIZED: "SERIALIZED", MPI.THREAD_MULTIPLE: "MULTIPLE"}
     detail = (f"{size} ranks; Allreduce round trip {latency * 1e6:.1f} us (mean of {n}, slowest rank); "
-              f"4 MiB Allreduce {big_s * 1e3:.1f} ms; {library}; thread level {names.get(level, level)}")
-    if size > 1 and level < MPI.THREAD_MULTIPLE:
+              f"4 MiB Allreduce {big_s * 1e3:.1f} ms; {library_version()}; thread level {thread_level()}")
+    if size > 1 and not threads_may_call_mpi():
         return FAIL, detail + ": fda's failure watcher needs MPI_THREAD_MULTIPLE (set MPI4PY_RC_THREAD_LEVEL " \
                               "or use an MPI built with thread support)"
     return OK, detail
 
 
 def _rank_info(world, cfg) -> dict:
-    from fda.comm import cpu_threads_for_rank
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
@@ -156,7 +150,7 @@ def _check_kernel(device: torch.device) -> tuple[str, str]:
         return FAIL, f"the {backend} drift_state op disagrees with the reference on the CPU"
     if device.type == "cuda" and not kernels.cuda_kernel_available():
         return FAIL, ("the tensors will be on CUDA but libfda_kernels has no CUDA kernel (built without nvcc "
-                      "or against a CPU-only torch): rebuild on the GPU node, see the README's GPU set-up")
+                      "or against a CPU-only torch): rebuild on the GPU node, see docs/cluster.md, section GPU nodes")
     if backend != "native":
         return WARN, ("native op not loaded, using the pure-torch reference (slower): "
                       f"{kernels._native_state['error']}; run `make native`")
@@ -171,7 +165,6 @@ def _check_kernel(device: torch.device) -> tuple[str, str]:
 
 
 def _check_gpu_mpi(world, cfg, device: torch.device) -> tuple[str, str]:
-    from fda.comm import mpi_cuda_support
     supported = mpi_cuda_support()
     if cfg.gpu_aware_mpi == "true" and not supported:
         return FAIL, ("gpu_aware_mpi=true, but the MPI library does not report CUDA support "
@@ -272,26 +265,37 @@ def format_table(rows: list[tuple]) -> str:
     return "\n".join([line(header), "  ".join("-" * x for x in w) + "  " + "-" * 6, *map(line, rows)])
 
 
-def main(args) -> int:
-    from fda.comm import Comm
-    from fda.launch import launch_problem, summation_order
+def _settings(args):
+    """The run's settings, or the same ConfigError on every rank (collective). A launch mistake
+    (e.g. srun without --mpi) is reported first: the same on every rank of a world."""
+    with same_error_everywhere(ConfigError):
+        if problem := launch_problem(world_size()):
+            raise ConfigError(problem)
+        return make_config(file=args.config, overrides=args.settings)
 
-    comm = MPI.COMM_WORLD
-    problem = launch_problem(comm.Get_size())  # the same on every rank of a world
+
+def main(args) -> int:
     try:
-        cfg = make_config(file=args.config, overrides=args.settings)
+        cfg = _settings(args)
     except ConfigError as e:
-        problem = problem or str(e)
-    problems = [p for p in comm.allgather(problem) if p]
-    if problems:
-        if comm.Get_rank() == 0:
-            print(f"fda: error: {problems[0]}", file=sys.stderr, flush=True)
+        if world_rank() == 0:
+            print(f"fda: error: {e}", file=sys.stderr, flush=True)
         return 2
     out = Path(args.out or f"runs/{cfg.strategy}-{cfg.dataset}-seed{cfg.seed}")
 
-    world = Comm(comm, gpu_aware="false")  # the gpu-mpi check judges cfg.gpu_aware_mpi itself
+    world = Comm(gpu_aware="false")  # the gpu-mpi check judges cfg.gpu_aware_mpi itself
+    world.set_stall_timeout(cfg.stall_timeout)  # a rank stuck in a check is named, as in fda train
+    if threads_may_call_mpi():  # else the mpi check fails, saying so
+        world.watch_failures()
+    try:
+        return _run_checks(world, cfg, out)
+    finally:
+        world.stop_watching()
+
+
+def _run_checks(world: Comm, cfg, out: Path) -> int:
     workers = world.size * cfg.workers_per_rank
-    mpi_result = _check_mpi(comm)
+    mpi_result = _check_mpi(world)
     info = _rank_info(world, cfg)
     device = torch.device(info["device"].split()[0]) if info["device"] else torch.device("cpu")
     local = {
@@ -300,29 +304,36 @@ def main(args) -> int:
         "dataset": _guard(_check_dataset, cfg, workers),
     }
     # collective checks: a CUDA Allreduce only when every rank has a CUDA device
-    all_cuda = comm.allreduce(int(device.type == "cuda"), op=MPI.MIN)
+    all_cuda = world.allreduce_values([float(device.type == "cuda")], "min", kind="preflight")[0] == 1.0
     gpu_reduce = _gpu_allreduce(world, device) if all_cuda else None
     if gpu_reduce is not None and local["gpu-mpi"][0] == OK and gpu_reduce[0] != OK:
         local["gpu-mpi"] = gpu_reduce
     output = _check_output(world, out)
     sum_order = summation_order(world)  # what bit-identical resume on another layout relies on
 
-    gathered = comm.gather({"info": info, **local}, root=0)
+    gathered = world.gather_object({"info": info, **local}, root=0)
     failed = False
     if world.rank == 0:
-        rows = [("mpi", "all", *mpi_result)]
-        rows += _binding_rows([g["info"] for g in gathered])
-        for check in ("kernel", "gpu-mpi", "dataset"):
-            rows += _merge(check, [g[check] for g in gathered])
-        rows.append(("output", "all", *output))
-        rows.append(("sum-order", "all", OK if sum_order[0] else WARN, sum_order[1]))
-        failed = any(r[2] == FAIL for r in rows)
-        hosts = len({g["info"]["host"] for g in gathered})
-        print(f"fda preflight: {world.size} ranks on {hosts} host(s), K={workers} workers, "
-              f"dataset={cfg.dataset}, device={cfg.device}, out={out}")
-        print(format_table(rows))
-        n_fail = sum(r[2] == FAIL for r in rows)
-        print(f"fda preflight: {n_fail} check(s) FAILED" if failed else "fda preflight: all checks passed",
-              flush=True)
-    failed = comm.bcast(failed, root=0)
+        failed = _print_report(world, cfg, out, workers, mpi_result, gathered, output, sum_order)
+    failed = world.bcast_object(failed, root=0)
     return 1 if failed else 0
+
+
+def _print_report(world: Comm, cfg, out: Path, workers: int, mpi_result, gathered: list[dict], output,
+                  sum_order: tuple[bool, str]) -> bool:
+    """Rank 0: the table; returns whether a check failed."""
+    rows = [("mpi", "all", *mpi_result)]
+    rows += _binding_rows([g["info"] for g in gathered])
+    for check in ("kernel", "gpu-mpi", "dataset"):
+        rows += _merge(check, [g[check] for g in gathered])
+    rows.append(("output", "all", *output))
+    rows.append(("sum-order", "all", OK if sum_order[0] else WARN, sum_order[1]))
+    failed = any(r[2] == FAIL for r in rows)
+    hosts = len({g["info"]["host"] for g in gathered})
+    print(f"fda preflight: {world.size} ranks on {hosts} host(s), K={workers} workers, "
+          f"dataset={cfg.dataset}, device={cfg.device}, out={out}")
+    print(format_table(rows))
+    n_fail = sum(r[2] == FAIL for r in rows)
+    print(f"fda preflight: {n_fail} check(s) FAILED" if failed else "fda preflight: all checks passed",
+          flush=True)
+    return failed

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-import fda.data.datasets as datasets
 import fda.data.ensure as ensure_mod
-from data.test_datasets import write_idx_dataset
-from fda.data import DatasetError
+import fda.data.paths as paths
+from _helpers import write_idx_dataset
+from fda.data import DatasetError, clear_cache
 from fda.data.ensure import ensure
 
 
@@ -15,11 +15,11 @@ from fda.data.ensure import ensure
 def nowhere(tmp_path, monkeypatch):
     """Fashion-MNIST is not installed: the loader only looks in tmp_path/searched (empty)."""
     searched = tmp_path / "searched"
-    monkeypatch.setattr(datasets, "search_dirs",
+    monkeypatch.setattr(paths, "search_dirs",
                         lambda name, data_dir=None: ([Path(data_dir)] if data_dir else []) + [searched])
-    datasets.clear_cache()
+    clear_cache()
     yield searched
-    datasets.clear_cache()
+    clear_cache()
 
 
 def _never(*a, **k):

@@ -170,7 +170,7 @@ def test_data_info_on_a_label_partition_shows_the_label_skew():
     roles = [Role("P", f"R{i}", ("abc " * 20 + "xyz " * 20) * (i + 1)) for i in range(6)]
     ds = build_dataset(roles, window=4)
     parts = partition(ds.labels, 3, "label", seed=0, label_value=int(ds.labels[0]))
-    from fda.data.partition import text_info_table
+    from fda.data.info import text_info_table
     table = text_info_table(ds, parts).splitlines()
     skew = [float(r.split()[-2]) for r in table[2:5]]
     assert max(skew) > 0.2  # the label partition skews the windows' labels

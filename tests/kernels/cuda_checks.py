@@ -36,6 +36,24 @@ def vectors(d, seed, device="cpu", integer=False):
     return w.to(device), w0.to(device), xi.to(device)
 
 
+def chunk_scaled_vectors(d, seed, device="cpu"):
+    """vectors() with chunk k (CHUNK elements) of w and w0 scaled by 2^(k mod 23 - 11): every chunk
+    gets its own fixed-point scale, so a chunk table flushed with another chunk's scale, or two
+    chunks' tables mixed, changes the result."""
+    w, w0, xi = vectors(d, seed)
+    scale = torch.pow(2.0, ((torch.arange(d) // CHUNK) % 23 - 11).float())
+    return (w * scale).to(device), (w0 * scale).to(device), xi.to(device)
+
+
+def max_width(smem_optin, reserve=2048):
+    """The widest sketch the CUDA kernel takes: one row's tables (16 bytes an entry) and its
+    non-finite codes (1 KB per 4096 entries) within the opt-in shared memory less the reserve."""
+    w = (smem_optin - reserve) // 16
+    while w > 0 and 16 * w + 1024 * -(-w // 4096) > smem_optin - reserve:
+        w -= 1
+    return w
+
+
 def sketch_tolerance(u, depth, width, seed, ref):
     """The documented per-bucket bound, [depth, width] float64."""
     d = u.numel()

@@ -51,3 +51,20 @@ def test_nvcc_and_torch_cuda_major_versions_must_match(tmp_path):
     res = _configure(tmp_path, "11.8", env)
     assert res.returncode != 0
     assert "does not match torch's CUDA 11.8" in res.stderr.replace("\n  ", " ")
+
+
+def test_profiling_op_only_in_the_benchmark_build(tmp_path):
+    """fda::_drift_state_profile (bench/kernel.py's breakdown) is compiled only with FDA_BENCHMARK=ON."""
+    env = _env_without_cuda()
+    (tmp_path / "a").mkdir()
+    default = _configure(tmp_path / "a", "", env)
+    assert default.returncode == 0, default.stderr[-3000:]
+    assert "benchmark build: OFF" in default.stdout
+    res = subprocess.run([CMAKE, "-S", str(REPO), "-B", str(tmp_path / "b/build"),
+                          f"-DFDA_PYTHON={_fake_python(tmp_path, '')}", "-DFDA_BENCHMARK=ON",
+                          f"-DFDA_NATIVE_DIR={tmp_path / 'b/out'}"], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "benchmark build: ON" in res.stdout
+    flags = (tmp_path / "b/build/build.ninja").read_text() if (tmp_path / "b/build/build.ninja").exists() else \
+        "".join(p.read_text() for p in (tmp_path / "b/build").rglob("flags.make"))
+    assert "FDA_PROFILING" in flags

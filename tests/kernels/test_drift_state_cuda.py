@@ -15,7 +15,7 @@ import torch
 
 import fda.kernels as K
 from fda.kernels import reference as R
-from cuda_checks import check_against_reference
+from cuda_checks import check_against_reference, chunk_scaled_vectors, max_width
 from cuda_checks import vectors as _cpu_vectors
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
@@ -57,6 +57,67 @@ def test_large_sketches_shared_memory_opt_in_and_row_groups(depth, width):
     several launches (row groups)."""
     w, w0, xi = _vectors(300_001, depth)
     _check_against_reference(w, w0, xi, depth, width)
+
+
+@pytest.mark.parametrize("d,depth,width", [(150_001, 5, 250), (1_000_003, 5, 250), (300_001, 10, 2000),
+                                           (3_000_017, 3, 1023)])
+@pytest.mark.parametrize("grid", ["1", "3", None])
+def test_chunks_with_their_own_scales_match_reference(monkeypatch, d, depth, width, grid):
+    """Chunk k scaled by 2^(k mod 23 - 11), several chunks per block (FDA_CUDA_GRID=1, 3): each
+    chunk's table must be flushed with its own scale."""
+    if grid is None:
+        monkeypatch.delenv("FDA_CUDA_GRID", raising=False)
+    else:
+        monkeypatch.setenv("FDA_CUDA_GRID", grid)
+    w, w0, xi = chunk_scaled_vectors(d, depth, device="cuda")
+    _check_against_reference(w, w0, xi, depth, width)
+
+
+def test_shared_memory_opt_in_survives_requests_of_any_order():
+    """128 KB, then 64 KB (above the 48 KB default), then 128 KB again, on the same 5-row kernel."""
+    w, w0, xi = _vectors(9_000, 10)
+    for width in (1600, 800, 1600, 400, 1600):
+        _check_against_reference(w, w0, xi, 5, width)
+
+
+@pytest.mark.parametrize("grid", ["1", "7", None])
+def test_non_finite_terms_in_every_unit(monkeypatch, grid):
+    """inf, -inf and NaN in many chunks, across unit ends (where the unit flush reads and clears the
+    codes that the next unit's atomics set: the barrier before them is what keeps this right;
+    bench/gpu_session.sh also runs this under compute-sanitizer --tool racecheck)."""
+    if grid is None:
+        monkeypatch.delenv("FDA_CUDA_GRID", raising=False)
+    else:
+        monkeypatch.setenv("FDA_CUDA_GRID", grid)
+    w, w0, xi = chunk_scaled_vectors(3_000_017, 12)
+    g = torch.Generator().manual_seed(12)
+    idx = torch.randint(0, w.numel(), (3000,), generator=g)
+    w[idx] = torch.tensor([float("inf"), float("-inf"), float("nan")]).repeat(1000)
+    w, w0, xi = w.cuda(), w0.cuda(), xi.cuda()
+    out = _packed(w, w0, xi, 5, 250)
+    _, _, sk = R.drift_state(w, w0, xi, 5, 250, 5)
+    gpu = out[2:].view(5, 250).float()
+    assert torch.equal(gpu.isnan(), sk.isnan())
+    assert torch.equal(gpu == float("inf"), sk == float("inf"))
+    assert torch.equal(gpu == float("-inf"), sk == float("-inf"))
+    for _ in range(5):
+        assert torch.equal(_packed(w, w0, xi, 5, 250), out)
+
+
+def test_all_nan_vector_is_flagged():
+    w = torch.full((25_000_000,), float("nan"), device="cuda")
+    out = _packed(w, torch.zeros_like(w), None, 5, 250)
+    assert out[0].isnan().item() and out[2:].isnan().all().item()
+
+
+def test_width_limit():
+    optin = torch.cuda.get_device_properties(0).shared_memory_per_block_optin
+    x = torch.zeros(10, device="cuda")
+    w = max_width(optin)
+    torch.ops.fda.drift_state_out(x, x, None, 1, w, 0, torch.zeros(2 + w, dtype=torch.float64, device="cuda"))
+    with pytest.raises(RuntimeError, match="too large for this GPU's shared memory"):
+        torch.ops.fda.drift_state_out(x, x, None, 1, w + 1, 0,
+                                      torch.zeros(3 + w, dtype=torch.float64, device="cuda"))
 
 
 def test_norms_do_not_depend_on_the_sketch():
@@ -165,6 +226,11 @@ def test_rejects_a_buffer_on_another_device_and_too_wide_sketches():
 
 
 def test_profiling_variants_run():
+    """Only in the benchmark build (cmake -DFDA_BENCHMARK=ON), which bench/kernel.py makes."""
+    try:
+        torch.ops.fda._drift_state_profile
+    except (AttributeError, RuntimeError):
+        pytest.skip("not the benchmark build: no fda::_drift_state_profile")
     w, w0, _ = _vectors(100_000, 9)
     for mode in (1, 2):
         stats, sk = torch.ops.fda._drift_state_profile(w, w0, 5, 250, 1, mode)

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import fda.kernels as K
-from cuda_checks import check_against_reference, vectors
+from cuda_checks import check_against_reference, chunk_scaled_vectors, max_width, vectors
 
 REPO = Path(__file__).resolve().parents[2]
 CSRC = REPO / "src/fda/kernels/csrc"
@@ -49,7 +49,7 @@ def _build(name: str, flags: list[str]) -> ctypes.CDLL:
         inc.parent.mkdir(exist_ok=True)
         inc.write_text(cu.replace("extern __shared__", "extern").replace("__shared__", "static"))
         tmp = lib.with_suffix(".tmp")
-        cmd = ["g++", "-std=c++20", "-O2", "-fPIC", "-shared", "-D__CUDACC__", *flags, f"-I{inc.parent}",
+        cmd = ["g++", "-std=c++20", "-O2", "-fPIC", "-shared", "-D__CUDACC__", "-DFDA_PROFILING", *flags, f"-I{inc.parent}",
                f"-I{EMU}", f"-I{CSRC}", str(EMU / "emulate.cpp"), "-o", str(tmp)]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, res.stderr[-4000:]
@@ -58,6 +58,7 @@ def _build(name: str, flags: list[str]) -> ctypes.CDLL:
     dll.emu_drift_state.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_int, ctypes.c_uint32,
                                                              ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p]
     dll.emu_max_width.restype = ctypes.c_longlong
+    dll.emu_take_races.restype = ctypes.c_longlong
     dll.emu_set_device.argtypes = [ctypes.c_int] * 3
     return dll
 
@@ -169,10 +170,76 @@ def test_non_finite_terms_propagate_like_the_reference(emu):
 
 
 def test_width_limit_and_profiling_variants(emu):
-    assert emu.emu_max_width() == (227 * 1024 - 2048) // 16
+    assert emu.emu_max_width() == max_width(227 * 1024)
     w, w0, _ = vectors(10_000, 9)
     out = torch.empty(2 + 20_000, dtype=torch.float64)
     assert emu.emu_drift_state(w.data_ptr(), w0.data_ptr(), None, w.numel(), 1, 20_000, 0, 0, out.data_ptr()) != 0
     for mode in (1, 2):
         assert not _runner(emu, mode)(w, w0, None, 5, 250, 1).isnan().any()
     assert emu.emu_drift_state(w.data_ptr(), w0.data_ptr(), None, w.numel(), 3, 250, 0, 1, out.data_ptr()) != 0
+
+
+@pytest.mark.parametrize("build,d,depth,width", [("small", 150_001, 5, 250), ("small", 150_001, 3, 1023),
+                                                 ("default", 150_001, 5, 250), ("default", 300_001, 10, 2000),
+                                                 ("default", 61_706, 8, 64)])
+@pytest.mark.parametrize("grid", ["1", "3", None])
+def test_chunks_with_their_own_scales_match_reference(request, monkeypatch, build, d, depth, width, grid):
+    """Several chunks per block (FDA_CUDA_GRID=1 and 3; small units), each chunk of another order of
+    magnitude: the two chunk tables, their flush and the unit partials must keep every chunk's scale."""
+    if grid is None:
+        monkeypatch.delenv("FDA_CUDA_GRID", raising=False)
+    else:
+        monkeypatch.setenv("FDA_CUDA_GRID", grid)
+    w, w0, xi = chunk_scaled_vectors(d, depth)
+    run = _runner(request.getfixturevalue("emu_small" if build == "small" else "emu"))
+    check_against_reference(run, w, w0, xi, depth, width)
+
+
+def test_shared_memory_opt_in_survives_requests_of_any_order(emu):
+    """The opt-in attribute is per kernel: a large table (128 KB), then a smaller one above 48 KB
+    (64 KB), then the large one again must all launch (the same kernel, 5 rows)."""
+    _device(emu)  # a fresh device: nothing cached
+    w, w0, xi = vectors(9_000, 10)
+    run = _runner(emu)
+    for width in (1600, 800, 1600, 400, 1600):
+        check_against_reference(run, w, w0, xi, 5, width)
+
+
+@pytest.mark.parametrize("grid", ["1", "2", None])
+def test_non_finite_codes_across_unit_ends_without_races(emu_small, monkeypatch, grid):
+    """Non-finite terms in the first chunks of units whose predecessors also had some: the unit
+    flush reads and clears the codes while the next unit's codes are OR-ed in, and only the barrier
+    before those atomics keeps them apart (the emulation counts any access pair between the same
+    two barriers by two threads to one code word, one of them atomic)."""
+    from fda.kernels import reference as R
+    if grid is None:
+        monkeypatch.delenv("FDA_CUDA_GRID", raising=False)
+    else:
+        monkeypatch.setenv("FDA_CUDA_GRID", grid)
+    d = 150_001
+    w, w0, xi = chunk_scaled_vectors(d, 11)
+    unit = 15 * 4096  # the small build: units of 3 tiles of 5 chunks
+    g = torch.Generator().manual_seed(11)
+    for start in (0, unit, 2 * unit):
+        for k, v in zip(torch.randint(0, 4096, (12,), generator=g).tolist(),
+                        [float("inf"), float("-inf"), float("nan")] * 4):
+            if start + k < d:
+                w[start + k] = v
+    emu_small.emu_take_races()
+    out = _runner(emu_small)(w, w0, xi, 5, 250, 5)
+    assert emu_small.emu_take_races() == 0
+    _, _, sk = R.drift_state(w, w0, xi, 5, 250, 5)
+    got = out[2:].view(5, 250).float()
+    assert torch.equal(got.isnan(), sk.isnan())
+    assert torch.equal(got == float("inf"), sk == float("inf"))
+    assert torch.equal(got == float("-inf"), sk == float("-inf"))
+    fin = sk.isfinite()
+    assert bool((got[fin] - sk[fin]).abs().le(1e-3 * sk[fin].abs() + 1e-3).all())
+
+
+def test_all_nan_vector(emu):
+    """The diverged case: every term NaN (the codes path for all of them)."""
+    w = torch.full((20_000,), float("nan"))
+    out = _runner(emu)(w, torch.zeros_like(w), None, 5, 250, 5)
+    assert out[0].isnan().item() and out[1].item() == 0.0  # no xi: the dot is 0
+    assert out[2:].isnan().all()  # 20,000 terms: every bucket of every row is hit

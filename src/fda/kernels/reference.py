@@ -14,6 +14,7 @@ seed, no torch/numpy RNG), so every rank and every backend gets the same hashes.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 MERSENNE_P = (1 << 31) - 1
@@ -90,13 +91,19 @@ def drift_state(w: torch.Tensor, w0: torch.Tensor, xi: torch.Tensor | None, dept
     return sqnorm, dot if xi is not None else None, sketch
 
 
-def mean_epilogue_(total: torch.Tensor, divisor: int, ref: torch.Tensor | None, drift: torch.Tensor | None,
+def mean_epilogue_(total: torch.Tensor, divisor: int, ref: torch.Tensor | None, update: torch.Tensor | None,
                    copies: list[torch.Tensor]) -> None:
     """fda::mean_epilogue_ with torch ops, one pass each (the same bits: see kernels.mean_epilogue_)."""
     total.div_(divisor)
-    if drift is not None:
-        torch.sub(total[:drift.numel()], ref[:drift.numel()], out=drift)
+    if update is not None:
+        torch.sub(total[:update.numel()], ref[:update.numel()], out=update)
     if ref is not None:
         ref.copy_(total)
     for c in copies:
         c.copy_(total)
+
+
+def ams_m2(sketch: np.ndarray) -> float:
+    """M2(sk): the median over rows of each row's sum of squares (float64), the AMS estimate of
+    ||x||^2 from the sketch sk(x); the mean of the two middle rows when the depth is even."""
+    return float(np.median(np.square(sketch, dtype=np.float64).sum(axis=1)))

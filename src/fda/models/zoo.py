@@ -1,4 +1,4 @@
-"""Models of the FDA paper's experiments (FDA.md section 6).
+"""Models of the FDA paper's experiments (docs/algorithm.md, "Models").
 
 ``build_model(name, input_shape, num_classes)``:
 

@@ -5,7 +5,7 @@ averaged (one Allreduce); a function H of the mean state bounds the model varian
 
     Var = (1/K) sum_k ||u_k||^2 - ||mean_k u_k||^2   <=   H(mean_k S_k).
 
-See FDA.md section 2. `PerWorkerMonitor` is Kamp et al.'s rule (max_k ||u_k||^2,
+See docs/algorithm.md, "The variance bound". `PerWorkerMonitor` is Kamp et al.'s rule (max_k ||u_k||^2,
 reduced with MAX), which bounds each worker's drift rather than the variance.
 
 The registry lives here, not in `base` (which its subclasses import): `make_monitor` builds one by name.
@@ -20,6 +20,11 @@ MONITORS = {"naive": NaiveMonitor, "linear": LinearMonitor, "sketch": SketchMoni
             "per_worker": PerWorkerMonitor}
 
 
+def monitor_names() -> tuple[str, ...]:
+    """The values of the `monitor` setting (a strategy may also choose one of the others)."""
+    return tuple(name for name, cls in MONITORS.items() if cls.selectable)
+
+
 def make_monitor(name: str, *, sketch_depth: int = 5, sketch_width: int = 250, seed: int = 0,
                  sketch_correction: str = "delta", sketch_delta: float = DEFAULT_DELTA) -> Monitor:
     """The monitor called `name`; the sketch settings matter only for 'sketch'."""
@@ -31,4 +36,4 @@ def make_monitor(name: str, *, sketch_depth: int = 5, sketch_width: int = 250, s
 
 
 __all__ = ["Monitor", "NaiveMonitor", "LinearMonitor", "SketchMonitor", "PerWorkerMonitor",
-           "MONITORS", "make_monitor", "exact_variance", "bound_audit"]
+           "MONITORS", "make_monitor", "monitor_names", "exact_variance", "bound_audit"]

@@ -2,18 +2,28 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from typing import Callable
+
 import numpy as np
 import torch
 
+from fda import kernels
+from fda.flat import pairwise_sum_
+
 
 class Monitor(ABC):
-    """Turns one worker's drift statistics into a state vector, and a mean state into a bound."""
+    """Turns one worker's drift statistics into a state vector, and a mean state into a bound.
+
+    The states of the K workers are averaged (summed by the step's Allreduce, divided by K);
+    a monitor whose states combine otherwise overrides `combine_hosted_` and `reduce_state`.
+    """
 
     name: str = ""
     reduce_op: str = "sum"  # how states combine across workers
     uses_xi: bool = False
     sketch_depth: int = 0
     sketch_width: int = 0
+    selectable: bool = True  # a value of the `monitor` setting (else chosen by a strategy only)
 
     @property
     @abstractmethod
@@ -33,12 +43,42 @@ class Monitor(ABC):
         """The kernel's hash seed for the check at `step`; unused without a sketch."""
         return 0
 
+    def kernel_output(self, device: torch.device) -> torch.Tensor:
+        """A buffer for `worker_state`'s kernel call (reused at every check)."""
+        return torch.empty(kernels.packed_size(self.sketch_depth, self.sketch_width), dtype=torch.float64,
+                           device=device)
+
+    def worker_state(self, w: torch.Tensor, w0: torch.Tensor, xi: torch.Tensor | None, out: torch.Tensor,
+                     step: int) -> torch.Tensor:
+        """S_k of the worker with parameters `w` at the check of `step` (a view of `out`; the
+        kernel reuses it). xi: the update direction, read only by monitors that use it."""
+        packed = kernels.drift_state_out(w, w0, out, xi=xi if self.uses_xi else None,
+                                         sketch_depth=self.sketch_depth, sketch_width=self.sketch_width,
+                                         seed=self.sketch_seed(step))  # fresh hashes at every check
+        return self.local_state(packed)
+
+    def combine_hosted_(self, out: torch.Tensor, states: list[torch.Tensor]) -> None:
+        """This rank's state into `out` from its hosted workers' states: their sum, in the order W
+        ranks would add them (so the bits do not depend on the layout)."""
+        out.copy_(pairwise_sum_(states))
+
+    def reduce_state(self, summed: np.ndarray, local: torch.Tensor, workers: int,
+                     allreduce: Callable[[torch.Tensor, str], np.ndarray]) -> np.ndarray:
+        """The state H is evaluated on, from the step Allreduce's sum over all ranks (`summed`).
+        local: this rank's state; allreduce(tensor, op): for monitors that need their own reduction."""
+        return summed / workers
+
+    def mean_sqnorm(self, state: np.ndarray) -> float:
+        """mean_k ||u_k||^2 from the reduced state (every averaged state starts with it)."""
+        return float(state[0])
+
     def describe(self) -> str:
         return self.name
 
 
 def exact_variance(mean_sqnorm: float, mean_drift_sqnorm: float) -> float:
-    """Var = mean_k ||u_k||^2 - ||mean_k u_k||^2 (FDA.md section 2)."""
+    """Var = mean_k ||u_k||^2 - ||mean_k u_k||^2 (docs/algorithm.md, "The variance bound"): what every bound H bounds,
+    measured exactly where both terms are known (FDA-Opt's threshold at a sync, the tests)."""
     return mean_sqnorm - mean_drift_sqnorm
 
 

@@ -1,4 +1,4 @@
-"""The Sketch monitor (FDA.md section 2) with a correction that keeps its promise (section 7)."""
+"""The Sketch monitor (docs/algorithm.md, "The Sketch monitor") with a correction that keeps its promise (docs/algorithm.md, "The Sketch correction")."""
 from __future__ import annotations
 
 import math
@@ -9,6 +9,7 @@ import torch
 
 from fda.kernels import packed_size
 from fda.kernels.reference import _GOLDEN, _MASK64, _splitmix64_mix  # the hash family's own mixer
+from fda.kernels.reference import ams_m2
 from fda.monitor.base import Monitor
 
 CORRECTIONS = ("delta", "paper")
@@ -65,11 +66,6 @@ class SketchMonitor(Monitor):
         return f"sketch({self.sketch_depth}x{self.sketch_width}, eps={self.eps:.4f} from {how})"
 
 
-def ams_m2(sketch: np.ndarray) -> float:
-    """M2(sk): the median over rows of each row's sum of squares, an estimate of ||x||^2."""
-    return float(np.median(np.square(sketch, dtype=np.float64).sum(axis=1)))
-
-
 def check_seed(seed: int, step: int) -> int:
     """The hash seed of the check at `step`:  splitmix64(splitmix64(seed) + step * G) mod 2^64,
     G = 0x9E3779B97F4A7C15 (the kernel's own mixing function and constant; csrc/hash.h).
@@ -117,7 +113,7 @@ def chi2_quantile(dof: int, upper: float) -> float:
 def delta_correction(depth: int, width: int, delta: float) -> float:
     """The eps that makes the Sketch bound fail with probability <= delta at one check.
 
-    In FDA.md's terms, with x = mean_k u_k (the mean drift), row r's estimate
+    In the terms of docs/algorithm.md, "The Sketch monitor", with x = mean_k u_k (the mean drift), row r's estimate
     Y_r = sum_j sk[r][j]^2 and M2 = median_r Y_r: the ||u_k||^2 term of H is exact, so
     H < Var exactly when M2 > (1+eps) ||x||^2.
 

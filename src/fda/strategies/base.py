@@ -19,6 +19,11 @@ class Strategy:
     def theta(self) -> float:
         return math.nan
 
+    @property
+    def theta_rule(self) -> str:
+        """How theta was chosen (logged with the run)."""
+        return "none (no variance check)"
+
     def wants_check(self, step: int) -> bool:
         """Compute and Allreduce the monitor state at this step?"""
         return False

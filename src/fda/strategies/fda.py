@@ -7,13 +7,14 @@ from fda.strategies.base import Strategy
 
 
 class FDA(Strategy):
-    """Sync iff H(mean state) > theta, checked every `check_every` steps (FDA.md section 3).
+    """Sync iff H(mean state) > theta, checked every `check_every` steps (docs/algorithm.md, "The training step").
 
     With the per-worker monitor this is Kamp et al.'s rule (max_k ||u_k||^2 > theta).
     theta = 0 syncs at every check: the Synchronous baseline when check_every = 1.
     """
 
-    def __init__(self, monitor: Monitor, theta: float, check_every: int = 1, name: str = "fda"):
+    def __init__(self, monitor: Monitor, theta: float, check_every: int = 1, name: str = "fda",
+                 theta_rule: str = "given"):
         super().__init__()
         if not (theta >= 0 and math.isfinite(theta)):
             raise ValueError(f"theta must be a finite number >= 0, got {theta}")
@@ -21,10 +22,16 @@ class FDA(Strategy):
         self.monitor = monitor
         self._theta = float(theta)
         self.check_every = check_every
+        self._theta_rule = theta_rule
 
     @property
     def theta(self) -> float:
         return self._theta
+
+    @property
+    def theta_rule(self) -> str:
+        """'given', or the rule that chose it (theta=auto: the paper's rule of thumb)."""
+        return self._theta_rule
 
     def wants_check(self, step: int) -> bool:
         return step % self.check_every == 0
@@ -38,13 +45,14 @@ class FDA(Strategy):
 
 
 class FDAOpt(FDA):
-    """FDA-Opt (FDA.md section 4): checked once per local epoch, a sync forced after
+    """FDA-Opt (docs/algorithm.md, "FDA-Opt"): checked once per local epoch, a sync forced after
     `max_epochs` (its outer optimizer, by default FedAvgM's, is fda.outer's), and theta set after each round r from
     the exact variance of the models received:  theta_{r+1} = ((max_epochs/2) / E_r) * Var_r.
     The first round has theta = 0, so it syncs after one epoch.
     """
 
     wants_sync_variance = True
+    theta_rule = "per round: ((max_epochs/2)/E_r) * Var_r"
 
     def __init__(self, monitor: Monitor, *, steps_per_epoch: int, max_epochs: int):
         super().__init__(monitor, theta=0.0, check_every=steps_per_epoch, name="fda_opt")

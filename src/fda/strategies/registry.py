@@ -1,16 +1,20 @@
-"""`make_strategy`: the strategy a configuration names, built from its settings.
+"""The strategy registry: every strategy's name, its builder, and the defaults it chooses.
 
+`fda.config` validates the `strategy` setting against `STRATEGIES` and takes a strategy's
+defaults (settings left at None) from `STRATEGY_DEFAULTS`; adding a strategy is one entry here.
 A module of its own so that `base` (imported by every strategy) never imports its subclasses.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from fda.config import Config
 from fda.monitor import Monitor, make_monitor
 from fda.strategies.base import Strategy
 from fda.strategies.fda import FDA, FDAOpt
 from fda.strategies.periodic import Periodic
+
+if TYPE_CHECKING:  # fda.config imports this registry
+    from fda.config import Config
 
 
 class _Build:
@@ -32,16 +36,45 @@ class _Build:
     def theta(self) -> float:
         return self.cfg.theta_for(self.num_params)
 
+    def theta_rule(self) -> str:
+        """'given', or theta=auto's rule of thumb written out."""
+        cfg = self.cfg
+        if cfg.theta != "auto":
+            return "given"
+        c = cfg.theta_rule_constant()
+        return f"auto: {cfg.theta_profile} rule {c:g} x d = {c:g} x {self.num_params} = {self.theta():.4g}"
+
+    def fda(self, monitor: str | None = None, name: str = "fda") -> FDA:
+        return FDA(self.monitor(monitor), theta=self.theta(), check_every=self.cfg.check_every, name=name,
+                   theta_rule=self.theta_rule())
+
 
 STRATEGIES: dict[str, Callable[[_Build], Strategy]] = {
     "synchronous": lambda b: Periodic("synchronous", period=1),
     "fedavg": lambda b: Periodic("fedavg", period=b.cfg.resolved("tau")),
     "diloco": lambda b: Periodic("diloco", period=b.cfg.resolved("tau")),
     "fedopt": lambda b: Periodic("fedopt", period=b.cfg.local_epochs * b.epoch_length()),
-    "fda": lambda b: FDA(b.monitor(), theta=b.theta(), check_every=b.cfg.check_every),
-    "kamp": lambda b: FDA(b.monitor("per_worker"), theta=b.theta(), check_every=b.cfg.check_every, name="kamp"),
+    "fda": lambda b: b.fda(),
+    "kamp": lambda b: b.fda("per_worker", name="kamp"),
     "fda_opt": lambda b: FDAOpt(b.monitor(), steps_per_epoch=b.epoch_length(), max_epochs=b.cfg.max_epochs),
 }
+
+# The settings whose default (None in fda.config.Config) a strategy chooses. DiLoCo (Douillard et
+# al. 2023) is fedavg with tau = H = 500, outer SGD with Nesterov momentum 0.9 and lr 0.7, inner
+# AdamW (weight decay 0.1); FedOpt and FDA-Opt default to FedAvgM's outer step.
+STRATEGY_DEFAULTS: dict[str, dict] = {
+    "diloco": {"tau": 500, "server_optimizer": "nesterov", "server_lr": 0.7, "optimizer": "adamw",
+               "weight_decay": 0.1},
+    "fedopt": {"server_optimizer": "sgdm"},
+    "fda_opt": {"server_optimizer": "sgdm"},
+}
+
+# The strategies whose theta may be chosen by the paper's rule of thumb (theta=auto).
+AUTO_THETA = ("fda",)
+
+
+def strategy_names() -> tuple[str, ...]:
+    return tuple(STRATEGIES)
 
 
 def make_strategy(cfg: Config, *, num_params: int, steps_per_epoch: int | None) -> Strategy:

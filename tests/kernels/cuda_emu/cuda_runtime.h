@@ -3,7 +3,12 @@
 // (tests/kernels/test_drift_state_cuda_emulated.py).  Threads are cooperative fibers of one OS
 // thread (x86-64 only: a 14-instruction stack switch); __syncthreads and warp shuffles are barriers over the block's / warp's fibers;
 // blocks run one after the other.  It checks the kernel's logic (indexing, hashing, fixed-point
-// accumulation, reductions, launch plan), not the GPU's memory model: races cannot show here.
+// accumulation, reductions, launch plan), not the GPU's memory model: a thread runs from one
+// barrier to the next without interruption, so a race changes no result here.  What it models
+// instead: the per-kernel opt-in attribute for dynamic shared memory (a launch above it fails, as
+// on a GPU), and a race check for the shared words that both atomics and plain accesses touch
+// (the non-finite codes): an atomic and a plain access of one word by two threads between the same
+// two barriers is counted (emu::races).
 #pragma once
 #include <math.h>
 #include <stdint.h>
@@ -13,6 +18,8 @@
 
 #include <algorithm>
 #include <functional>
+#include <map>
+#include <utility>
 #include <vector>
 
 #define __host__
@@ -39,6 +46,9 @@ typedef void* cudaStream_t;
 enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16, cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 struct cudaLaunchAttribute;
+struct cudaFuncAttributes {
+  size_t sharedSizeBytes = 0;
+};
 struct cudaLaunchConfig_t {
   dim3 gridDim, blockDim;
   size_t dynamicSmemBytes = 0;
@@ -52,6 +62,12 @@ namespace emu {
 inline int sm_count = 132;
 inline int smem_optin = 227 * 1024;
 inline int blocks_per_sm = 2;
+inline int device_id = 0;          // a new id for every emulated device (emu_set_device)
+inline size_t static_smem = 320;    // what cudaFuncGetAttributes reports for every kernel
+constexpr int kDefaultDynamicSmem = 48 * 1024;
+inline std::map<std::pair<int, const void*>, int> max_dynamic_smem;  // the opt-in attribute
+inline long races = 0;              // see the race check below
+inline long block_serial = 0;       // blocks run so far
 inline unsigned char* dyn_smem = nullptr;  // the kernels' `extern __shared__` array (emulate.cpp)
 inline size_t dyn_smem_size = 0;
 
@@ -150,6 +166,7 @@ inline bool runnable(int i) {
 }
 // Runs one block of n fibers, each calling body(); aborts on a deadlock (a barrier never reached).
 inline void run_block(int n, std::function<void()> body) {
+  ++block_serial;
   blk.n = n;
   blk.body = std::move(body);
   blk.sp.assign(n, nullptr);
@@ -202,6 +219,31 @@ inline void launch(dim3 grid, dim3 block, size_t smem, F&& kernel_call) {
 }
 }  // namespace emu
 
+// Race check: per shared word, who touched it since the block's last barrier and how.
+namespace emu {
+struct Touch {
+  long block, gen;
+  int thread;
+  bool atomic, plain;
+};
+inline std::map<const void*, Touch> touches;
+inline void touch(const void* addr, bool atomic) {
+  auto it = touches.find(addr);
+  const int me = static_cast<int>(threadIdx.x);
+  if (it == touches.end() || it->second.block != block_serial || it->second.gen != blk.gen) {
+    touches[addr] = Touch{block_serial, blk.gen, me, atomic, !atomic};
+    return;
+  }
+  Touch& t = it->second;
+  const bool other = t.thread != me;
+  if (other && ((atomic && t.plain) || (!atomic && t.atomic))) ++races;
+  if (other) t.thread = -1;  // several threads
+  t.atomic |= atomic;
+  t.plain |= !atomic;
+}
+}  // namespace emu
+#define FDA_SHARED_PLAIN_ACCESS(ptr) emu::touch(ptr, false)
+
 inline void __syncthreads() { emu::barrier_all(); }
 
 template <class T>
@@ -237,21 +279,41 @@ inline T atomicAdd(T* p, T v) {  // one OS thread: no concurrency
   return old;
 }
 template <class T>
+inline T atomicOr(T* p, T v) {
+  emu::touch(p, true);
+  const T old = *p;
+  *p = old | v;
+  return old;
+}
+template <class T>
 inline T min(T a, T b) { return b < a ? b : a; }
 
 inline cudaError_t cudaGetDevice(int* d) {
-  *d = 0;
+  *d = emu::device_id;
   return cudaSuccess;
 }
 inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {
   *v = a == cudaDevAttrMultiProcessorCount ? emu::sm_count : emu::smem_optin;
   return cudaSuccess;
 }
-inline cudaError_t cudaFuncSetAttribute(const void*, cudaFuncAttribute, int v) {
-  return v <= emu::smem_optin ? cudaSuccess : cudaErrorInvalidValue;
+inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* a, const void*) {
+  a->sharedSizeBytes = emu::static_smem;
+  return cudaSuccess;
 }
+inline cudaError_t cudaFuncSetAttribute(const void* kern, cudaFuncAttribute, int v) {
+  if (v < 0 || static_cast<size_t>(v) + emu::static_smem > static_cast<size_t>(emu::smem_optin))
+    return cudaErrorInvalidValue;
+  emu::max_dynamic_smem[{emu::device_id, kern}] = v;
+  return cudaSuccess;
+}
+namespace emu {
+inline int dynamic_smem_limit(const void* kern) {
+  auto it = max_dynamic_smem.find({device_id, kern});
+  return it == max_dynamic_smem.end() ? kDefaultDynamicSmem : it->second;
+}
+}  // namespace emu
 inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, const void*, int, size_t smem) {
-  *n = smem <= static_cast<size_t>(emu::smem_optin) ? emu::blocks_per_sm : 0;
+  *n = smem + emu::static_smem <= static_cast<size_t>(emu::smem_optin) ? emu::blocks_per_sm : 0;
   return cudaSuccess;
 }
 inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) {
@@ -261,7 +323,8 @@ inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) {
 inline const char* cudaGetErrorString(cudaError_t) { return "emulated CUDA error"; }
 template <class... Exp, class... Act>
 inline cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* cfg, void (*kernel)(Exp...), Act&&... args) {
-  if (cfg->dynamicSmemBytes > static_cast<size_t>(emu::smem_optin)) return cudaErrorInvalidValue;
+  const void* kern = reinterpret_cast<const void*>(kernel);
+  if (cfg->dynamicSmemBytes > static_cast<size_t>(emu::dynamic_smem_limit(kern))) return cudaErrorInvalidValue;
   emu::launch(cfg->gridDim, cfg->blockDim, cfg->dynamicSmemBytes, [&] { kernel(args...); });
   return cudaSuccess;
 }

@@ -22,8 +22,17 @@ int emu_drift_state(const float* w, const float* w0, const float* xi, int64_t d,
   return static_cast<int>(fda::launch_drift_state_cuda(w, w0, xi, d, depth, width, seed, mode,
                                                        scratch.data(), out, nullptr));
 }
+// Races found by the check in cuda_runtime.h since the last call (and forgets them).
+long long emu_take_races() {
+  const long long n = emu::races;
+  emu::races = 0;
+  emu::touches.clear();
+  return n;
+}
 long long emu_max_width() { return fda::drift_state_cuda_max_width(0); }
+// Another device (a new id: the launcher's per-device caches start afresh, as on a second GPU).
 void emu_set_device(int sms, int smem_optin, int blocks_per_sm) {
+  ++emu::device_id;
   emu::sm_count = sms;
   emu::smem_optin = smem_optin;
   emu::blocks_per_sm = blocks_per_sm;

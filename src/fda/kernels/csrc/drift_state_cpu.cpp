@@ -343,13 +343,16 @@ FDA_AI void chunk_sketch_impl(const float* __restrict w, const float* __restrict
 FDA_CLONES void chunk_sketch(const float* w, const float* w0, const float* xi, int64_t begin,
                              int64_t n, const Coeffs* coeffs, int depth, uint32_t width, float* sk,
                              double* sq_parts, double* dot_parts, int mode, bool avx512) {
+#ifdef FDA_PROFILING  // the benchmark build (CMake FDA_BENCHMARK=ON) only
   if (mode == 1)
     chunk_sketch_impl<false, 1>(w, w0, xi, begin, n, coeffs, depth, width, sk, sq_parts, dot_parts,
                                avx512);
   else if (mode == 2)
     chunk_sketch_impl<false, 2>(w, w0, xi, begin, n, coeffs, depth, width, sk, sq_parts, dot_parts,
                                avx512);
-  else if (xi)
+  else
+#endif
+  if (xi)
     chunk_sketch_impl<true>(w, w0, xi, begin, n, coeffs, depth, width, sk, sq_parts, dot_parts,
                                avx512);
   else
@@ -471,6 +474,7 @@ void drift_state_out_cpu(const at::Tensor& w, const at::Tensor& w0, const c10::o
   drift_state_cpu_run(w, w0, xi, depth, width, seed, 0, o, nullptr, o + 2);
 }
 
+#ifdef FDA_PROFILING
 // Benchmark-only variants (see kMode); results are meaningless.
 std::tuple<at::Tensor, at::Tensor> drift_state_profile_cpu(const at::Tensor& w, const at::Tensor& w0,
                                                            int64_t depth, int64_t width, int64_t seed,
@@ -478,6 +482,7 @@ std::tuple<at::Tensor, at::Tensor> drift_state_profile_cpu(const at::Tensor& w, 
   TORCH_CHECK(mode == 1 || mode == 2, "_drift_state_profile: mode must be 1 or 2");
   return drift_state_cpu_impl(w, w0, c10::nullopt, depth, width, seed, static_cast<int>(mode));
 }
+#endif
 
 }  // namespace
 }  // namespace fda
@@ -485,12 +490,17 @@ std::tuple<at::Tensor, at::Tensor> drift_state_profile_cpu(const at::Tensor& w, 
 TORCH_LIBRARY(fda, m) {
   m.def("drift_state(Tensor w, Tensor w0, Tensor? xi, int depth, int width, int seed) -> (Tensor, Tensor)");
   m.def("drift_state_out(Tensor w, Tensor w0, Tensor? xi, int depth, int width, int seed, Tensor(a!) out) -> ()");
-  // bench/kernel.py only: mode 1 = hashing without the scatter, 2 = scatter without hashing.
+#ifdef FDA_PROFILING
+  // bench/kernel.py only (the benchmark build): mode 1 = hashing without the scatter, 2 = scatter
+  // without hashing.
   m.def("_drift_state_profile(Tensor w, Tensor w0, int depth, int width, int seed, int mode) -> (Tensor, Tensor)");
+#endif
 }
 
 TORCH_LIBRARY_IMPL(fda, CPU, m) {
   m.impl("drift_state", &fda::drift_state_cpu);
   m.impl("drift_state_out", &fda::drift_state_out_cpu);
+#ifdef FDA_PROFILING
   m.impl("_drift_state_profile", &fda::drift_state_profile_cpu);
+#endif
 }

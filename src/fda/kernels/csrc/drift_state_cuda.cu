@@ -29,23 +29,25 @@
 //  plus float32 rounding of each unit partial and of the result.  In practice ~1e-6 of the
 //  bucket's magnitude (a few float32 ulps more than a float32 accumulation); exact on data whose
 //  chunk sums are exact (e.g. small integers); the bound is tested in tests/kernels/cuda_checks.py.
-//  Non-finite u (inf, NaN) are added separately in float64 (inf/NaN results do not depend on the
-//  order either).
+//  Non-finite u (inf, NaN) are not scattered: each sets a 2-bit code in its bucket's entry (per
+//  unit, integer atomicOr, so order-independent), and a coded entry's unit partial is that
+//  infinity or NaN, what adding the term in float64 would give.
 //
 // FAST (target: <= 2x the time to read w and w0 once, l = 5, m = 250):
 //  * hashes by forward differences: thread t's indices form one arithmetic progression with step
 //    256 through all of its block's work (its units are contiguous), so each row's cubic is
 //    advanced by 3 modular additions per element (csrc/hash.h's family, same bits as the CPU);
-//    the state is initialised once per block.  Bucket by __umulhi; rows unrolled (template NR).
+//    the state is initialised once per block.  Bucket by one multiply-high, the sign by one
+//    predicate and a select against -q (rows unrolled: template NR).
 //  * int32 shared-memory atomics, two chunk tables used alternately so that one __syncthreads
 //    per chunk suffices (the chunk's L1 reduction) and the flush of the previous chunk overlaps.
+//  * loads: coalesced 4-byte loads, a full chunk without bounds tests; chunk c + 1's loads are
+//    issued before chunk c's reduction and scatter (48 values per thread in flight).
 //  * grid from the occupancy API (FDA_CUDA_GRID=N forces N blocks: tests check the bits do not
-//    change); more than 8 rows, or more than fit in shared memory (16 bytes per entry), are done
-//    in row groups (one launch per group, each re-reads w and w0), never with global atomics.
-//  * coalesced 4-byte loads, 16 per array and thread issued before their first use.
-//  sm_90 SASS (nvcc 13.0, l = 5): 128 registers, no local memory, native ATOMS.ADD; a modular add
-//  is IMAD.IADD + VIADDMNMX, about 12.5 instructions per element and row in all.  Not yet timed
-//  on a GPU (none was available when this was written): bench/kernel.py --device cuda.
+//    change); more than 8 rows, or more than fit in shared memory, are done in row groups (one
+//    launch per group, each re-reads w and w0), never with global atomics.
+//  Machine instructions (sm_90, l = 5): bench/sass_count.py, figures in bench/results/sass.md.
+//  Not yet timed on a GPU: bench/gpu_session.sh.  The design in full: DESIGN.md beside this file.
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -55,6 +57,7 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <utility>
 
 #include "drift_state.h"
 #include "hash.h"
@@ -116,6 +119,30 @@ __device__ __forceinline__ uint32_t bucket_fast(uint32_t g, uint32_t width2) {
   return __umulhi(g & 0x7FFFFFFEu, width2);
 }
 
+// Table index of a row's bucket: umulhi(g & ~1, 2 m) + row_offset, the offset as the multiply-high's
+// addend (one IMAD.HI).
+__device__ __forceinline__ uint32_t bucket_index(uint32_t g, uint32_t width2, uint32_t row_offset) {
+#if defined(__CUDA_ARCH__)
+  uint32_t r;
+  asm("mad.hi.u32 %0, %1, %2, %3;" : "=r"(r) : "r"(g & 0x7FFFFFFEu), "r"(width2), "r"(row_offset));
+  return r;
+#else
+  return bucket_fast(g, width2) + row_offset;
+#endif
+}
+
+// q or -q by bit 0 of g, as one predicate and one select.
+__device__ __forceinline__ int signed_term(uint32_t g, int q, int mq) {
+#if defined(__CUDA_ARCH__)
+  int v;
+  asm("{\n\t.reg .pred p;\n\t.reg .b32 t;\n\tand.b32 t, %1, 1;\n\tsetp.ne.b32 p, t, 0;\n\t"
+      "selp.b32 %0, %2, %3, p;\n\t}" : "=r"(v) : "r"(g), "r"(mq), "r"(q));
+  return v;
+#else
+  return (g & 1u) ? mq : q;
+#endif
+}
+
 // Fixed-order reduction of a double over the block: shuffle tree in each warp, then warps in
 // index order.  Every thread returns the total.  `red` holds kWarps doubles; callers alternate
 // buffers so that one __syncthreads suffices.
@@ -129,7 +156,80 @@ __device__ __forceinline__ double block_sum_all(double v, double* red) {
   return s;
 }
 
-// mode: 0 = the op, 1 = hashing without the scatter, 2 = scatter without hashing (bench only).
+// Non-finite terms: a 2-bit code per table entry and unit, OR-ed in (order-independent):
+// +inf = 1, -inf = 2, NaN = 3, so that +inf | -inf = NaN, as their sum is.  Entry e's code lives in
+// the word its flushing thread (e mod 256) owns: word (e mod 256) + 256 (e / 4096), bits
+// 2 ((e / 256) mod 16).  At the end of a unit a nonzero code replaces the entry's value: the sum
+// of the finite terms and of the flagged ones would be that infinity or NaN.
+constexpr uint32_t kPosInf = 1, kNegInf = 2, kNaN = 3;
+constexpr float kFloatMax = 3.402823466e38f;
+
+__host__ __device__ __forceinline__ int64_t flag_words(int64_t entries) {
+  return int64_t(kThreads) * ((entries + 4095) / 4096);
+}
+__device__ __forceinline__ uint32_t* flag_word(uint32_t* flags, int64_t e) {
+  return flags + (e & (kThreads - 1)) + kThreads * (e >> 12);
+}
+__device__ __forceinline__ uint32_t flag_shift(int64_t e) { return 2u * static_cast<uint32_t>((e >> 8) & 15); }
+
+// The value of a unit's entry: its float64 sum, or the infinity or NaN its code stands for.
+__device__ __forceinline__ float unit_value(double v, uint32_t code) {
+  if (code == 0) return static_cast<float>(v);
+  return code == kPosInf ? INFINITY : code == kNegInf ? -INFINITY : NAN;
+}
+
+// The emulation (tests/kernels/cuda_emu) records plain accesses to the flag words, to find races
+// with the atomics; on a GPU this is nothing.
+#ifndef FDA_SHARED_PLAIN_ACCESS
+#define FDA_SHARED_PLAIN_ACCESS(ptr) ((void)0)
+#endif
+
+// Chunk c's elements of thread t (c * 4096 + t + 256 j): w, w0 and (dot) xi.  A full chunk (all
+// but maybe the last) loads without bounds tests.
+__device__ __forceinline__ void load_chunk(const Params& p, int64_t c, bool dot, float* a, float* b, float* x) {
+  const int64_t base = c * kChunk + threadIdx.x;
+  const float* pw = p.w + base;
+  const float* pw0 = p.w0 + base;
+  const float* px = p.xi + base;
+  if ((c + 1) * kChunk <= p.d) {
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      a[j] = __ldg(pw + j * kThreads);
+      b[j] = __ldg(pw0 + j * kThreads);
+      x[j] = dot ? __ldg(px + j * kThreads) : 0.0f;
+    }
+  } else {
+    const int left = static_cast<int>(p.d - base);  // > 0 elements of this thread's may remain
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      const bool in = j * kThreads < left;
+      a[j] = in ? __ldg(pw + j * kThreads) : 0.0f;
+      b[j] = in ? __ldg(pw0 + j * kThreads) : 0.0f;
+      x[j] = (in && dot) ? __ldg(px + j * kThreads) : 0.0f;
+    }
+  }
+}
+
+// Unit table -> global memory (one slot per unit), non-finite codes applied and cleared; each
+// thread touches only the entries and flag words it owns.
+__device__ __forceinline__ void flush_unit(double* acc, const int* last, double last_scale, uint32_t* flags,
+                                           int64_t rows_len, float* dst, bool clear) {
+  for (int64_t e = threadIdx.x; e < rows_len; e += kThreads) {
+    uint32_t* fw = flag_word(flags, e);
+    FDA_SHARED_PLAIN_ACCESS(fw);
+    const uint32_t code = (*fw >> flag_shift(e)) & 3u;
+    const double v = last ? acc[e] + static_cast<double>(last[e]) * last_scale : acc[e];
+    dst[e] = unit_value(v, code);
+    if (clear) acc[e] = 0.0;
+  }
+  if (clear)
+    for (int64_t k = threadIdx.x; k < flag_words(rows_len); k += kThreads) {
+      FDA_SHARED_PLAIN_ACCESS(flags + k);
+      flags[k] = 0;
+    }
+}
+
+// mode: 0 = the op, 1 = hashing without the scatter, 2 = scatter without hashing (benchmark build).
 template <int NR, int kMode>
 __global__ void __launch_bounds__(kThreads, FDA_CUDA_MIN_BLOCKS) drift_state_kernel(const Params p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -138,6 +238,7 @@ __global__ void __launch_bounds__(kThreads, FDA_CUDA_MIN_BLOCKS) drift_state_ker
   double* acc = reinterpret_cast<double*>(smem_raw);             // [NR * m] unit table (float64)
   int* tab0 = reinterpret_cast<int*>(acc + (NR > 0 ? rows_len : 0));  // [NR * m] chunk table A
   int* tab1 = tab0 + (NR > 0 ? rows_len : 0);                         // [NR * m] chunk table B
+  uint32_t* flags = reinterpret_cast<uint32_t*>(tab1 + (NR > 0 ? rows_len : 0));  // non-finite codes
   __shared__ double red_l1[2][kWarps];
   __shared__ int red_bad[2][kWarps];
   __shared__ double red_sq[kWarps], red_dt[kWarps];
@@ -150,10 +251,13 @@ __global__ void __launch_bounds__(kThreads, FDA_CUDA_MIN_BLOCKS) drift_state_ker
   const int64_t c_begin = u_begin * chunks_per_unit;
   const int64_t c_end = min(p.n_chunks, u_end * chunks_per_unit);
 
-  for (int64_t e = threadIdx.x; e < rows_len; e += kThreads) {
-    acc[e] = 0.0;
-    tab0[e] = 0;
-    tab1[e] = 0;
+  if constexpr (NR > 0) {
+    for (int64_t e = threadIdx.x; e < rows_len; e += kThreads) {
+      acc[e] = 0.0;
+      tab0[e] = 0;
+      tab1[e] = 0;
+    }
+    for (int64_t k = threadIdx.x; k < flag_words(rows_len); k += kThreads) flags[k] = 0;
   }
 
   // hash state of thread t at its first element x0: g, and its differences for step 256
@@ -178,44 +282,35 @@ __global__ void __launch_bounds__(kThreads, FDA_CUDA_MIN_BLOCKS) drift_state_ker
   double sq = 0.0, dt = 0.0;
   double prev_scale = 0.0;  // 2^-s of the previous chunk (its table is flushed in this one)
   uint32_t sink = 0;        // mode 1: keeps the hashes alive
+  // chunk c + 1's loads are issued before chunk c's reduction and scatter
+  float nw[kPerThread], nw0[kPerThread], nxi[kPerThread];
+  load_chunk(p, c_begin, dot, nw, nw0, nxi);
   for (int64_t c = c_begin; c < c_end; ++c) {
     const int buf = static_cast<int>(c & 1);
     int* tab = buf ? tab1 : tab0;
     int* prev_tab = buf ? tab0 : tab1;
-    const int64_t base = c * kChunk + threadIdx.x;
 
-    // all loads of the chunk first (16 per array and thread in flight), then the arithmetic
-    float u[kPerThread], v0[kPerThread], xv[kPerThread];
+    float u[kPerThread];
+    double l1 = 0.0;  // the chunk's L1 norm over finite terms (fixed order)
+    bool bad = false;  // a non-finite term
 #pragma unroll
     for (int j = 0; j < kPerThread; ++j) {
-      const int64_t x = base + int64_t(j) * kThreads;
-      const bool in = x < p.d;
-      u[j] = in ? __ldg(p.w + x) : 0.0f;
-      v0[j] = in ? __ldg(p.w0 + x) : 0.0f;
-      xv[j] = (in && dot) ? __ldg(p.xi + x) : 0.0f;
-    }
-#pragma unroll
-    for (int j = 0; j < kPerThread; ++j) u[j] = u[j] - v0[j];
-    if (p.norms) {
-#pragma unroll
-      for (int j = 0; j < kPerThread; ++j) {
-        const double ud = static_cast<double>(u[j]);
+      u[j] = nw[j] - nw0[j];
+      const double ud = static_cast<double>(u[j]);
+      if (p.norms) {
         sq += ud * ud;
-        if (dot) dt += static_cast<double>(xv[j]) * ud;
+        if (dot) dt += static_cast<double>(nxi[j]) * ud;
+      }
+      if constexpr (NR > 0) {
+        const bool fin = fabsf(u[j]) <= kFloatMax;  // false for inf and NaN
+        l1 += fin ? fabs(ud) : 0.0;
+        bad |= !fin;
+        u[j] = fin ? u[j] : 0.0f;  // a non-finite term is flagged, not scattered
       }
     }
+    if (c + 1 < c_end) load_chunk(p, c + 1, dot, nw, nw0, nxi);
 
     if constexpr (NR > 0) {
-      // the chunk's L1 norm over finite terms (fixed order) and whether it has non-finite ones
-      double l1 = 0.0;
-      bool bad = false;
-#pragma unroll
-      for (int j = 0; j < kPerThread; ++j) {
-        const float a = fabsf(u[j]);
-        const bool fin = a <= 3.402823466e38f;  // false for inf and NaN
-        l1 += fin ? static_cast<double>(a) : 0.0;
-        bad |= !fin;
-      }
       const int bad_warp = __any_sync(0xffffffffu, bad);
       if ((threadIdx.x & 31) == 0) red_bad[buf][threadIdx.x >> 5] = bad_warp;
       l1 = block_sum_all(l1, red_l1[buf]);  // the one barrier of the chunk
@@ -231,13 +326,9 @@ __global__ void __launch_bounds__(kThreads, FDA_CUDA_MIN_BLOCKS) drift_state_ker
           prev_tab[e] = 0;
           acc[e] += static_cast<double>(v) * prev_scale;
         }
-        if (c % chunks_per_unit == 0) {
-          float* dst = p.sk_parts + (c / chunks_per_unit - 1) * p.S + int64_t(p.row0) * m;
-          for (int64_t e = threadIdx.x; e < rows_len; e += kThreads) {
-            dst[e] = static_cast<float>(acc[e]);
-            acc[e] = 0.0;
-          }
-        }
+        if (c % chunks_per_unit == 0)
+          flush_unit(acc, nullptr, 0.0, flags, rows_len,
+                     p.sk_parts + (c / chunks_per_unit - 1) * p.S + int64_t(p.row0) * m, true);
       }
 
       // scale: L1 < 2^e, s = 30 - e, so L1 * 2^s < 2^30 (s in [-111, 179] for finite float32 u)
@@ -247,49 +338,48 @@ __global__ void __launch_bounds__(kThreads, FDA_CUDA_MIN_BLOCKS) drift_state_ker
       prev_scale = ldexp(1.0, -s);
       const int s1 = s < 127 ? s : 127;
       const float f1 = ldexpf(1.0f, s1), f2 = ldexpf(1.0f, s - s1);
-      int q[kPerThread];
-#pragma unroll
-      for (int j = 0; j < kPerThread; ++j) {
-        const bool fin = fabsf(u[j]) <= 3.402823466e38f;
-        q[j] = fin ? __float2int_rn((u[j] * f1) * f2) : 0;
-      }
 
 #pragma unroll
       for (int j = 0; j < kPerThread; ++j) {
-        // v = q or -q as q + (g & 1) * (-2 q), modulo 2^32 (|q| <= 2^30; the sums fit in int32)
-        const uint32_t uq = static_cast<uint32_t>(q[j]), umq2 = 0u - 2u * uq;
+        const int q = __float2int_rn((u[j] * f1) * f2);  // |q| <= 2^30
+        const int mq = -q;
 #pragma unroll
         for (int r = 0; r < NR; ++r) {
           if constexpr (kMode == 2) {  // bench: a cheap pseudo-random bucket instead of the hash
-            const uint32_t x = static_cast<uint32_t>(base + j * kThreads) * 0x9E3779B9u + r;
-            atomicAdd(tab + r * m + __umulhi(x, m), q[j]);
+            const uint32_t x = static_cast<uint32_t>(c * kChunk + threadIdx.x + j * kThreads) * 0x9E3779B9u + r;
+            atomicAdd(tab + r * m + __umulhi(x, m), q);
           } else {
             const uint32_t g = P[r];
             P[r] = hash::add_mod(P[r], D1[r]);
             D1[r] = hash::add_mod(D1[r], D2[r]);
             D2[r] = hash::add_mod(D2[r], p.d3[r]);
-            const uint32_t v = uq + (g & 1u) * umq2;
-            const uint32_t b = bucket_fast(g, p.width2);
+            const int v = signed_term(g, q, mq);
+            const uint32_t b = bucket_index(g, p.width2, r * m);
             if constexpr (kMode == 1)
-              sink += b ^ v;
+              sink += b ^ static_cast<uint32_t>(v);
             else
-              atomicAdd(tab + r * m + b, static_cast<int>(v));
+              atomicAdd(tab + b, v);
           }
         }
       }
 
-      if (kMode == 0 && any_bad) {  // rare: inf/NaN terms, added in float64 (order-independent)
-        __syncthreads();            // no flush of the unit table may run concurrently
+      if (kMode == 0 && any_bad) {  // rare: a code per inf/NaN term and row
+        // The flush above reads and clears the flag words of the unit that just ended, each
+        // thread its own; this barrier keeps the codes of this chunk (the next unit) from landing
+        // in a word not yet read and cleared (a lost or misplaced code).
+        __syncthreads();
 #pragma unroll 1
         for (int j = 0; j < kPerThread; ++j) {
-          const int64_t x = base + int64_t(j) * kThreads;
+          const int64_t x = c * kChunk + threadIdx.x + int64_t(j) * kThreads;
           const float uj = x < p.d ? p.w[x] - p.w0[x] : 0.0f;  // reloaded: keeps u out of registers
-          if (fabsf(uj) <= 3.402823466e38f) continue;
+          if (fabsf(uj) <= kFloatMax) continue;
 #pragma unroll 1
           for (int r = 0; r < NR; ++r) {
             const uint32_t g = hash::poly(p.a[r][0], p.a[r][1], p.a[r][2], p.a[r][3],
                                           static_cast<uint32_t>(x % hash::kPrime));
-            atomicAdd(acc + r * m + hash::bucket(g, m), static_cast<double>(g & 1u ? -uj : uj));
+            const uint32_t code = uj != uj ? kNaN : (uj > 0.0f) != ((g & 1u) != 0) ? kPosInf : kNegInf;
+            const int64_t e = int64_t(r) * m + hash::bucket(g, m);
+            atomicOr(flag_word(flags, e), code << flag_shift(e));
           }
         }
       }
@@ -325,11 +415,12 @@ __global__ void __launch_bounds__(kThreads, FDA_CUDA_MIN_BLOCKS) drift_state_ker
 
   if constexpr (NR > 0) {  // the last chunk's table, and the block's last unit
     __syncthreads();
-    int* last = (c_end - 1) & 1 ? tab1 : tab0;
+    const int* last = (c_end - 1) & 1 ? tab1 : tab0;
     float* dst = p.sk_parts + (u_end - 1) * p.S + int64_t(p.row0) * m;
-    for (int64_t e = threadIdx.x; e < rows_len; e += kThreads) {
-      const double v = acc[e] + static_cast<double>(last[e]) * prev_scale;
-      dst[e] = kMode == 1 ? static_cast<float>(sink & 1u) : static_cast<float>(v);
+    if constexpr (kMode == 1) {
+      for (int64_t e = threadIdx.x; e < rows_len; e += kThreads) dst[e] = static_cast<float>(sink & 1u);
+    } else {
+      flush_unit(acc, last, prev_scale, flags, rows_len, dst, false);
     }
   }
 }
@@ -402,28 +493,42 @@ size_t scratch_bytes(const Plan& pl) {
   return align256(sizeof(double) * 2 * pl.n_tiles) + align256(sizeof(float) * pl.n_units * pl.S);
 }
 
-size_t table_bytes(int rows, uint32_t width) { return size_t(rows) * width * (8 + 4 + 4); }
+// Dynamic shared memory of a launch of `rows` rows: the unit table (8 bytes an entry), two chunk
+// tables (4 + 4) and the non-finite codes (1 KB per 4096 entries).
+size_t table_bytes(int rows, uint32_t width) {
+  const int64_t entries = int64_t(rows) * width;
+  return rows > 0 ? size_t(entries) * 16 + sizeof(uint32_t) * size_t(flag_words(entries)) : 0;
+}
 
-// Cached per (device, kernel, dynamic shared memory): the opt-in attribute is set and the
-// occupancy asked once.
+// Blocks of `kern` per SM for `smem` bytes of dynamic shared memory.  The opt-in attribute is set
+// once per (device, kernel), to everything the device allows a block beyond the kernel's static
+// shared memory, so that any later request fits (setting it to each request would leave it too
+// small for a larger one that was cached earlier); the occupancy answer is cached per request.
 int blocks_per_sm(const void* kern, size_t smem, cudaError_t* err) {
   static std::mutex mu;
-  static std::map<std::tuple<int, const void*, size_t>, int> cache;
+  static std::map<std::pair<int, const void*>, bool> opted_in;
+  static std::map<std::tuple<int, const void*, size_t>, int> occupancy;
   int dev = 0;
   *err = cudaGetDevice(&dev);
   if (*err != cudaSuccess) return 0;
   std::lock_guard<std::mutex> lock(mu);
   const auto key = std::make_tuple(dev, kern, smem);
-  auto it = cache.find(key);
-  if (it != cache.end()) return it->second;
-  if (smem > 48 * 1024) {
-    *err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  auto it = occupancy.find(key);
+  if (it != occupancy.end()) return it->second;
+  if (!opted_in[{dev, kern}]) {
+    int optin = 0;
+    cudaFuncAttributes attr = {};
+    if ((*err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess) return 0;
+    if ((*err = cudaFuncGetAttributes(&attr, kern)) != cudaSuccess) return 0;
+    const int most = optin - static_cast<int>(attr.sharedSizeBytes);
+    *err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, most);
     if (*err != cudaSuccess) return 0;
+    opted_in[{dev, kern}] = true;
   }
   int n = 0;
   *err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, kThreads, smem);
   if (*err != cudaSuccess) return 0;
-  cache[key] = n;
+  occupancy[key] = n;
   return n;
 }
 
@@ -459,9 +564,13 @@ cudaError_t launch_pass(const Params& p, cudaStream_t stream) {
 }
 
 cudaError_t launch_any(int nr, int mode, const Params& p, cudaStream_t stream) {
-  if (mode != 0) {  // profiling variants: l = 5 only (compile time)
+  if (mode != 0) {  // profiling variants (benchmark build only): l = 5 only (compile time)
+#ifdef FDA_PROFILING
     if (nr != kProfileRows) return cudaErrorInvalidValue;
     return mode == 1 ? launch_pass<kProfileRows, 1>(p, stream) : launch_pass<kProfileRows, 2>(p, stream);
+#else
+    return cudaErrorInvalidValue;
+#endif
   }
   switch (nr) {
     case 0: return launch_pass<0, 0>(p, stream);  // norms only
@@ -477,9 +586,14 @@ cudaError_t launch_any(int nr, int mode, const Params& p, cudaStream_t stream) {
   }
 }
 
+// Shared memory a block may have beyond the dynamic tables: the kernels' static arrays (320
+// bytes) with room to spare.
+constexpr int64_t kStaticReserve = 2048;
+
 int rows_per_launch(uint32_t width, int smem_optin) {
-  const int64_t fit = (int64_t(smem_optin) - 2048) / int64_t(table_bytes(1, width));  // 2 KB: static
-  return static_cast<int>(std::min<int64_t>(kMaxRows, std::max<int64_t>(0, fit)));
+  int rows = 0;
+  while (rows < kMaxRows && int64_t(table_bytes(rows + 1, width)) <= smem_optin - kStaticReserve) ++rows;
+  return rows;
 }
 
 }  // namespace
@@ -492,7 +606,10 @@ int64_t drift_state_cuda_max_width(int device) {
   int smem_optin = 48 * 1024;
   if (cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
     return 0;
-  return (int64_t(smem_optin) - 2048) / int64_t(table_bytes(1, 1));
+  const int64_t room = int64_t(smem_optin) - kStaticReserve;
+  int64_t w = std::max<int64_t>(0, room / 16);  // an upper bound (codes aside), then down to a fit
+  while (w > 0 && int64_t(table_bytes(1, static_cast<uint32_t>(w))) > room) --w;
+  return w;
 }
 
 cudaError_t launch_drift_state_cuda(const float* w, const float* w0, const float* xi, int64_t d,

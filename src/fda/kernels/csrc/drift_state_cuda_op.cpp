@@ -1,5 +1,6 @@
 // drift_state_cuda_op.cpp -- registers the CUDA implementations of fda::drift_state,
-// fda::drift_state_out and fda::_drift_state_profile (schemas in drift_state_cpu.cpp).  Kernels
+// fda::drift_state_out and, in the benchmark build, fda::_drift_state_profile (schemas in
+// drift_state_cpu.cpp).  Kernels
 // run on torch's current stream of w's device; scratch memory comes from torch's caching
 // allocator (no cudaMalloc per call, no host synchronisation).  Only c10/cuda headers: no
 // ATen/cuda (which pulls in the cuBLAS/cuSPARSE/cuSOLVER headers), so a CUDA toolkit with the
@@ -55,7 +56,8 @@ std::tuple<at::Tensor, at::Tensor> drift_state_cuda(const at::Tensor& w, const a
   return packed_to_pair(out, depth, width);
 }
 
-// bench/kernel.py only (results meaningless): mode 1 = hashing without the scatter, 2 = scatter
+#ifdef FDA_PROFILING
+// bench/kernel.py only, in the benchmark build (results meaningless): mode 1 = hashing without the scatter, 2 = scatter
 // without the hashing.
 std::tuple<at::Tensor, at::Tensor> drift_state_profile_cuda(const at::Tensor& w, const at::Tensor& w0,
                                                             int64_t depth, int64_t width, int64_t seed,
@@ -67,6 +69,7 @@ std::tuple<at::Tensor, at::Tensor> drift_state_profile_cuda(const at::Tensor& w,
   run_cuda(w, w0, c10::nullopt, depth, width, seed, static_cast<int>(mode), out);
   return packed_to_pair(out, depth, width);
 }
+#endif
 
 }  // namespace
 }  // namespace fda
@@ -74,5 +77,7 @@ std::tuple<at::Tensor, at::Tensor> drift_state_profile_cuda(const at::Tensor& w,
 TORCH_LIBRARY_IMPL(fda, CUDA, m) {
   m.impl("drift_state", &fda::drift_state_cuda);
   m.impl("drift_state_out", &fda::drift_state_out_cuda);
+#ifdef FDA_PROFILING
   m.impl("_drift_state_profile", &fda::drift_state_profile_cuda);
+#endif
 }

@@ -1,12 +1,13 @@
 // sync_epilogue_cpu.cpp -- what a float32 sync does after its sum Allreduce, in one pass (CPU).
 //
-//   fda::mean_epilogue_(Tensor(a!) sum, float divisor, Tensor(b!)? ref, Tensor(c!)? drift,
+//   fda::mean_epilogue_(Tensor(a!) sum, float divisor, Tensor(b!)? ref, Tensor(c!)? update,
 //                       Tensor(d!)[] copies) -> ()
 //
 // For every i:  m = sum[i] / divisor            (float32 true division: torch's div_ bits)
-//               drift[i] = m - ref[i]           (i < drift.numel(); the OLD ref: torch.sub's bits)
+//               update[i] = m - ref[i]          (i < update.numel(); the OLD ref: torch.sub's bits)
 //               ref[i] = m;  sum[i] = m;  copies[j][i] = m
-// i.e. the mean over the K workers, the update direction from the last global model, the
+// i.e. the mean over the K workers, the global update from the last global model (the caller
+// normalises it into the direction xi), the
 // refreshed global model (FDA's w0) and the other hosted workers' models, reading the sum once.
 // The unfused sequence (div_, sub, copy_, copy_...) reads and writes every value once per op;
 // on a sync that is memory-bound (a CPU, or a shared-memory Allreduce) the passes cost as much as
@@ -60,19 +61,19 @@ void check_operand(const at::Tensor& t, const at::Tensor& sum, const char* name,
 }  // namespace
 
 void mean_epilogue_cpu(at::Tensor sum, double divisor, const std::optional<at::Tensor>& ref,
-                       const std::optional<at::Tensor>& drift, at::TensorList copies) {
+                       const std::optional<at::Tensor>& update, at::TensorList copies) {
   TORCH_CHECK(sum.device().is_cpu() && sum.scalar_type() == at::kFloat && sum.is_contiguous(),
               "mean_epilogue_: sum must be a contiguous float32 CPU tensor");
-  TORCH_CHECK(!drift.has_value() || ref.has_value(), "mean_epilogue_: drift needs ref");
+  TORCH_CHECK(!update.has_value() || ref.has_value(), "mean_epilogue_: update needs ref");
   if (ref) check_operand(*ref, sum, "ref", true);
-  if (drift) check_operand(*drift, sum, "drift", false);
+  if (update) check_operand(*update, sum, "update", false);
   for (const auto& c : copies) check_operand(c, sum, "a copy", true);
 
   const float k = static_cast<float>(divisor);
   float* s = sum.data_ptr<float>();
   float* r = ref ? ref->data_ptr<float>() : nullptr;
-  float* u = drift ? drift->data_ptr<float>() : nullptr;
-  const int64_t n = sum.numel(), n_drift = drift ? drift->numel() : 0;
+  float* u = update ? update->data_ptr<float>() : nullptr;
+  const int64_t n = sum.numel(), n_update = update ? update->numel() : 0;
   std::vector<float*> out;
   for (const auto& c : copies) out.push_back(c.data_ptr<float>());
 
@@ -83,7 +84,7 @@ void mean_epilogue_cpu(at::Tensor sum, double divisor, const std::optional<at::T
   at::parallel_for(0, n, 32 * kTile, [&](int64_t begin, int64_t end) {
     for (int64_t a = begin; a < end; a += kTile) {
       const int64_t b = std::min(end, a + kTile);
-      const int64_t split = std::min(std::max(a, n_drift), b);  // [a, split) has a drift value too
+      const int64_t split = std::min(std::max(a, n_update), b);  // [a, split) has an update value too
       tile(s, r, u, a, split, b, k);
       for (float* o : out) std::copy(s + a, s + b, o + a);
     }
@@ -93,7 +94,7 @@ void mean_epilogue_cpu(at::Tensor sum, double divisor, const std::optional<at::T
 }  // namespace fda
 
 TORCH_LIBRARY_FRAGMENT(fda, m) {
-  m.def("mean_epilogue_(Tensor(a!) sum, float divisor, Tensor(b!)? ref, Tensor(c!)? drift, "
+  m.def("mean_epilogue_(Tensor(a!) sum, float divisor, Tensor(b!)? ref, Tensor(c!)? update, "
         "Tensor(d!)[] copies) -> ()");
 }
 
