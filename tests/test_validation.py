@@ -5,7 +5,6 @@ both ranks (capturing each rank's stdout/stderr), so the ~20 cases cost one laun
 cases are also launched as real `mpiexec ... fda train` processes to check the exit status.
 """
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -17,8 +16,8 @@ from _helpers import write_idx_dataset
 
 
 REPO = Path(__file__).resolve().parents[1]
-MPIEXEC = Path(sys.executable).parent / "mpiexec"
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+from conftest import MPIEXEC, child_env  # noqa: E402
+ENV = child_env()
 BASE = ["dataset=synthetic", "model=mlp", "threads=1", "max_steps=2"]
 
 DRIVER = textwrap.dedent("""

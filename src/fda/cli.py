@@ -95,8 +95,12 @@ def _resume_config(args):
 
 def cmd_train(args) -> int:
     from fda import train
+    from fda.comm import world_size
+    from fda.launch import launch_problem
     from fda.synchronizer import CollectiveError
 
+    if problem := launch_problem(world_size()):  # e.g. srun without --mpi: N separate 1-rank jobs
+        return _say_error(problem) or 2
     try:
         if args.resume:
             if args.out and args.out != args.resume:

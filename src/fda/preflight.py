@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from fda.comm import (Comm, cpu_threads_for_rank, library_version, mpi_cuda_support, same_error_everywhere,
-                      thread_level, threads_may_call_mpi, world_rank)
+                      thread_level, threads_may_call_mpi, world_rank, world_size)
 from fda.config import ConfigError, make_config
+from fda.launch import launch_problem, summation_order
 
 OK, WARN, FAIL = "ok", "WARN", "FAIL"
 
@@ -265,8 +266,11 @@ def format_table(rows: list[tuple]) -> str:
 
 
 def _settings(args):
-    """The run's settings, or the same ConfigError on every rank (collective)."""
+    """The run's settings, or the same ConfigError on every rank (collective). A launch mistake
+    (e.g. srun without --mpi) is reported first: the same on every rank of a world."""
     with same_error_everywhere(ConfigError):
+        if problem := launch_problem(world_size()):
+            raise ConfigError(problem)
         return make_config(file=args.config, overrides=args.settings)
 
 
@@ -305,22 +309,25 @@ def _run_checks(world: Comm, cfg, out: Path) -> int:
     if gpu_reduce is not None and local["gpu-mpi"][0] == OK and gpu_reduce[0] != OK:
         local["gpu-mpi"] = gpu_reduce
     output = _check_output(world, out)
+    sum_order = summation_order(world)  # what bit-identical resume on another layout relies on
 
     gathered = world.gather_object({"info": info, **local}, root=0)
     failed = False
     if world.rank == 0:
-        failed = _print_report(world, cfg, out, workers, mpi_result, gathered, output)
+        failed = _print_report(world, cfg, out, workers, mpi_result, gathered, output, sum_order)
     failed = world.bcast_object(failed, root=0)
     return 1 if failed else 0
 
 
-def _print_report(world: Comm, cfg, out: Path, workers: int, mpi_result, gathered: list[dict], output) -> bool:
+def _print_report(world: Comm, cfg, out: Path, workers: int, mpi_result, gathered: list[dict], output,
+                  sum_order: tuple[bool, str]) -> bool:
     """Rank 0: the table; returns whether a check failed."""
     rows = [("mpi", "all", *mpi_result)]
     rows += _binding_rows([g["info"] for g in gathered])
     for check in ("kernel", "gpu-mpi", "dataset"):
         rows += _merge(check, [g[check] for g in gathered])
     rows.append(("output", "all", *output))
+    rows.append(("sum-order", "all", OK if sum_order[0] else WARN, sum_order[1]))
     failed = any(r[2] == FAIL for r in rows)
     hosts = len({g["info"]["host"] for g in gathered})
     print(f"fda preflight: {world.size} ranks on {hosts} host(s), K={workers} workers, "

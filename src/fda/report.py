@@ -15,7 +15,8 @@ compute plus a ring-Allreduce cost for every check and sync; see fda.netmodel).
 
 Writes to --out (default report/): report.md, report.csv, acc_vs_gb.png,
 acc_vs_steps.png and variance_<run>.png for each FDA run; prints the table.
-Exit codes: 0 ok, 2 bad input (missing file, unfinished or failed run, unreadable --network).
+A run still training is reported with the rows up to its last flush and labelled as running.
+Exit codes: 0 ok, 2 bad input (missing file, crashed, interrupted or failed run, unreadable --network).
 """
 from __future__ import annotations
 
@@ -52,6 +53,14 @@ class RunData:
     evals: dict = field(default_factory=dict)   # EVAL_FIELDS -> 1-D arrays
 
     @property
+    def label(self) -> str:
+        """The name in tables and plots: a run still training says so, with its last logged step."""
+        if self.status != "running":
+            return self.name
+        step = self.steps.get("step")
+        return f"{self.name} (running, step {int(step[-1]) if step is not None and step.size else 0})"
+
+    @property
     def kind(self) -> str:
         return str(self.config.get("strategy", ""))
 
@@ -85,9 +94,6 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
         status = run_status(f)
-        if status == "running":
-            raise ReportError(f"{log}: the run is unfinished (status=running: still training); "
-                              "report finished runs")
         if status == "crashed":
             raise ReportError(f"{log}: the run crashed (status=running, but its writer, process "
                               f"{attrs.get('writer_pid')} on {attrs.get('writer_host')}, is gone); "
@@ -97,12 +103,11 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
                               "(status=interrupted); resume it (fda train --resume DIR) or report finished runs")
         if status == "failed":
             raise ReportError(f"{log}: the run failed (status=failed): {attrs.get('error') or 'no error stored'}")
-        if status != "completed":
+        if status not in ("completed", "running"):
             raise ReportError(f"{log}: unknown run status '{status}'")
         if "steps" not in f or "evals" not in f or "config" not in attrs:
             raise ReportError(f"{log}: not an fda run log (no steps/evals groups or config)")
-        steps = {k: f["steps"][k][()] for k in f["steps"]}
-        evals = {k: f["evals"][k][()] for k in f["evals"]}
+        steps, evals = _complete_rows(f["steps"]), _complete_rows(f["evals"])
     try:
         config = json.loads(attrs["config"])
     except (TypeError, ValueError) as e:
@@ -110,6 +115,13 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
     run_dir = log.parent
     return RunData(path=log, name=name or run_dir.name, status=status, config=config, attrs=attrs,
                    steps=steps, evals=evals)
+
+
+def _complete_rows(group) -> dict:
+    """A table's columns cut to the rows every column holds (a running writer may be mid-flush)."""
+    columns = {k: group[k][()] for k in group}
+    n = min((len(v) for v in columns.values()), default=0)
+    return {k: v[:n] for k, v in columns.items()}
 
 
 # ------------------------------------------------------------------ measures
@@ -207,7 +219,7 @@ def comparison_table(runs: list[RunData], target: float, networks: tuple[Network
         synced = s.get("synced", np.array([]))
         b = bytes_to_target(r, target)
         rows.append({
-            "run": r.name,
+            "run": r.label,
             "strategy": r.kind,
             "params": strategy_label(r),
             "dataset": r.dataset,
@@ -312,7 +324,7 @@ def plot_accuracy_vs_gb(runs: list[RunData], path: str | Path, target: float | N
     for r, color in zip(runs, _colors(plt, len(runs))):
         gb = r.evals["comm_bytes"] / 1e9
         keep = gb > 0  # a log axis has no 0; the first points of a run before any traffic are dropped
-        ax.plot(gb[keep], r.evals["test_acc"][keep], marker=".", ms=3, lw=1.2, label=r.name, color=color)
+        ax.plot(gb[keep], r.evals["test_acc"][keep], marker=".", ms=3, lw=1.2, label=r.label, color=color)
     ax.set_xscale("log")
     ax.set_xlabel("communicated GB (paper accounting, log scale)")
     _finish(plt, fig, ax, path, target, title)
@@ -323,7 +335,7 @@ def plot_accuracy_vs_steps(runs: list[RunData], path: str | Path, target: float 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for r, color in zip(runs, _colors(plt, len(runs))):
-        ax.plot(r.evals["step"], r.evals["test_acc"], marker=".", ms=3, lw=1.2, label=r.name, color=color)
+        ax.plot(r.evals["step"], r.evals["test_acc"], marker=".", ms=3, lw=1.2, label=r.label, color=color)
     ax.set_xlabel("in-parallel steps (steps per worker)")
     _finish(plt, fig, ax, path, target, title)
 
@@ -348,7 +360,7 @@ def plot_variance(run: RunData, path: str | Path) -> None:
                    label=f"sync ({int(synced.sum())})")
     ax.set_xlabel("step")
     ax.set_ylabel("model variance")
-    ax.set_title(f"{run.name}: {strategy_label(run)}")
+    ax.set_title(f"{run.label}: {strategy_label(run)}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
@@ -381,6 +393,10 @@ def main(args) -> int:
     except (ReportError, NetworkError) as e:
         print(f"fda report: error: {e}", file=sys.stderr)
         return 2
+    for r in runs:
+        if r.status == "running":
+            print(f"fda report: {r.name} is still running: its rows up to the last flush "
+                  f"(labelled {r.label!r})", file=sys.stderr)
     datasets = sorted({r.dataset for r in runs})
     if len(datasets) > 1:
         which = ", ".join(f"{r.name}={r.dataset}" for r in runs)
