@@ -60,6 +60,8 @@ def test_injected_failure_ends_every_rank_and_marks_the_log(tmp_path, ranks, fai
     assert err.count(marker) == 1, err
     assert err.count("fda: error") == 1, err  # the message once, from the failing rank only
     assert "injected failure at step 3" in err
+    # Open MPI SIGTERMs the surviving ranks after the abort: they must not promise a checkpoint
+    assert "stopping after this step" not in err, err
     with open_log(run) as f:
         assert f.attrs["status"] == "failed"
         assert f.attrs["error"].startswith(f"rank {fail_rank}: InjectedFailure: injected failure at step 3")

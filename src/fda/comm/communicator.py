@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
+from fda import preemption
 from fda.comm.failures import FailureWatcher, record_within
 from fda.comm.library import resolve_gpu_aware
 from fda.comm.placement import device_for_local_rank, node_local
@@ -204,6 +205,7 @@ class Comm:
 
     def fail(self, message: str, exit_code: int = 1, grace_s: float = 10.0) -> None:
         """End every rank now: print once, tell the others (rank 0 marks the log), then Abort."""
+        preemption.abandon(message)
         print(f"fda: error on rank {self.rank}: {message}", file=sys.stderr, flush=True)
         if self.rank == 0:
             self.record_failure(0, message)

@@ -15,6 +15,7 @@ from typing import Callable
 
 from mpi4py import MPI
 
+from fda import preemption
 from fda.comm.stalls import StallWatch
 
 ERR_TAG = 77
@@ -67,6 +68,7 @@ class FailureWatcher(threading.Thread):
             time.sleep(0.02)
 
     def _handle(self, source: int, message: str) -> None:
+        preemption.abandon(f"rank {source} failed: {message}")  # a signal now must not promise a checkpoint
         owner = self.owner
         if owner.rank == 0:
             owner.record_failure(source, message)

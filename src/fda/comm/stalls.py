@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from mpi4py import MPI
 
+from fda import preemption
+
 REPORT_TAG, QUERY_TAG, POSITION_TAG, VERDICT_TAG = 79, 80, 81, 82
 QUERY_TIMEOUT_S = 5.0  # how long rank 0 waits for the other ranks' positions after a stall
 
@@ -99,6 +101,7 @@ class StallWatch:
                 "where": p.describe(time.monotonic())}
 
     def _say(self, verdict: str) -> None:
+        preemption.abandon(verdict)
         print(f"fda: rank {self.owner.rank}: {verdict}", file=sys.stderr, flush=True)
 
     def _positions(self, seq: int) -> dict:
