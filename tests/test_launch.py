@@ -101,7 +101,7 @@ def test_the_probe_vectors_make_the_order_matter():
 @pytest.mark.mpi
 def test_the_probe_on_this_mpi_agrees_on_every_rank(mpi_ctx):
     from mpi4py import MPI
-    holds, detail = summation_order(mpi_ctx.world)
+    holds, detail = summation_order(mpi_ctx.fda_comm)
     answers = MPI.COMM_WORLD.allgather((holds, detail))
     assert all(a == answers[0] for a in answers), answers
     if "MPICH" in MPI.Get_library_version():

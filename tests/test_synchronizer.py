@@ -190,3 +190,14 @@ def test_the_epoch_is_local_epochs_done(ctx):
     assert sync.epoch == 1.5
     sync.close()
     assert math.isnan(fda.Synchronizer(_models(), ctx, strategy="synchronous", workers_per_rank=K).epoch)
+
+
+def test_the_log_records_whether_the_allreduce_adds_in_pairwise_order(ctx, tmp_path):
+    import h5py
+
+    sync = fda.Synchronizer(_models(), ctx, strategy="synchronous", workers_per_rank=K, log=tmp_path)
+    sync.step(0.0)
+    sync.close()
+    with h5py.File(tmp_path / "metrics.h5") as f:
+        assert bool(f.attrs["allreduce_pairwise_order"]) is True
+        assert "any order gives the same bits" in str(f.attrs["allreduce_order_detail"])

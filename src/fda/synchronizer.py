@@ -20,6 +20,7 @@ from fda.collectives import CollectiveError, check_compression, make_averaging
 from fda.config import Config, ConfigError, run_json
 from fda.context import Context
 from fda.flat import FlatModel, local_sum, pairwise_sum_
+from fda.launch import summation_order
 from fda.outer import make_outer
 from fda.strategies import make_strategy
 from fda.sync import records
@@ -81,6 +82,8 @@ class Synchronizer:
         self._exchange = StepExchange(self.world, self.K, self._workers[0].device)
         self._kernel_out = self.monitor.kernel_output(self._workers[0].device) if self.monitor else None
         self._reset_counters()
+        # what a resume on another layout relies on, recorded with the run (collective, before the log opens)
+        self._sum_order = summation_order(self.world) if log is not None else None
         self._records = (RunRecords.open(log, self.world, rank=ctx.rank, attrs=self._log_attrs,
                                          flush_every=cfg.log_flush_every, resume_step=resume_step,
                                          overwrite=overwrite)
@@ -115,6 +118,7 @@ class Synchronizer:
             "state_floats": self.monitor.state_size if self.monitor else 0,
             "device": str(self.ctx.device), "threads_per_rank": self.ctx.threads,
             "model_class": type(self._workers[0].module).__name__,
+            "allreduce_pairwise_order": self._sum_order[0], "allreduce_order_detail": self._sum_order[1],
         }
 
     def theta_rule(self) -> str:
