@@ -65,6 +65,18 @@ def _start(mode: str):
                             stderr=subprocess.PIPE, text=True, env=child_env())
 
 
+def _first_lines(stream, n: int, timeout_s: float = 20.0) -> list[str]:
+    """The first n lines the probe writes to stream, read unbuffered; a failure after timeout_s."""
+    data, deadline = b"", time.monotonic() + timeout_s
+    while data.count(b"\n") < n:
+        left = deadline - time.monotonic()
+        assert left > 0 and select.select([stream], [], [], left)[0], f"the probe said {data!r} in {timeout_s} s"
+        chunk = os.read(stream.fileno(), 4096)
+        assert chunk, f"the probe ended after saying {data!r}"
+        data += chunk
+    return data.decode().splitlines()[:n]
+
+
 def test_slurmds_double_sigterm_is_one_request_and_a_third_signal_ends_it():
     probe = _start("plain")
     try:
@@ -72,15 +84,15 @@ def test_slurmds_double_sigterm_is_one_request_and_a_third_signal_ends_it():
         probe.send_signal(signal.SIGTERM)
         time.sleep(0.01)
         probe.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+        said = _first_lines(probe.stderr, 2)  # what the probe made of each signal
+        assert "probe got SIGTERM: stopping after this step" in said[0], said
+        assert "probe got SIGTERM again within" in said[1], said
         assert probe.poll() is None, "two SIGTERMs milliseconds apart must only ask for the stop"
         probe.send_signal(signal.SIGTERM)
         _, err = probe.communicate(timeout=20)
     finally:
         if probe.poll() is None:
             probe.kill()
-    assert "probe got SIGTERM: stopping after this step" in err
-    assert "probe got SIGTERM again within" in err
     assert "probe got another signal (SIGTERM): exiting now" in err
     assert probe.returncode == 128 + signal.SIGTERM
 

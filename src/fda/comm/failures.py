@@ -3,7 +3,9 @@
 The failing rank prints its error once and tells every other rank over a private communicator;
 rank 0 runs the failure callback (the Synchronizer's: mark the log failed), acknowledges, and
 aborts the job. A rank that fails itself waits (bounded) for rank 0's acknowledgement first, so
-the log says why the job ended. `FailureWatcher` is the thread that listens on every rank; it
+the log says why the job ended. Rank 0 aborts only once every other rank has said it knows of
+the failure (bounded): the SIGTERM Open MPI sends the survivors after MPI_Abort must find them
+abandoned, not promising a checkpoint. `FailureWatcher` is the thread that listens on every rank; it
 also runs the stall protocol (`stalls.StallWatch`).
 """
 from __future__ import annotations
@@ -20,7 +22,9 @@ from fda.comm.stalls import StallWatch
 
 ERR_TAG = 77
 ACK_TAG = 78
+SEEN_TAG = 79
 RECORD_TIMEOUT_S = 10.0  # how long rank 0 may take to mark the log failed before the job is aborted
+SEEN_TIMEOUT_S = 2.0  # how long rank 0 waits for the other ranks to know of the failure before aborting
 
 
 def record_within(callback: Callable[[int, str], None], source: int, message: str,
@@ -70,11 +74,23 @@ class FailureWatcher(threading.Thread):
     def _handle(self, source: int, message: str) -> None:
         preemption.abandon(f"rank {source} failed: {message}")  # a signal now must not promise a checkpoint
         owner = self.owner
-        if owner.rank == 0:
-            owner.record_failure(source, message)
-            self.errcomm.Send(b"ok", dest=source, tag=ACK_TAG)
-            time.sleep(0.2)
-            owner.abort(1)
+        if owner.rank != 0:
+            self.errcomm.Send(b"seen", dest=0, tag=SEEN_TAG)
+            return
+        owner.record_failure(source, message)
+        self.errcomm.Send(b"ok", dest=source, tag=ACK_TAG)
+        self._wait_until_seen(exclude={0, source})
+        owner.abort(1)
+
+    def _wait_until_seen(self, exclude: set[int], timeout: float = SEEN_TIMEOUT_S) -> None:
+        """Rank 0: wait (bounded) until every rank not in `exclude` has acknowledged the failure."""
+        peers = [r for r in range(self.owner.size) if r not in exclude]
+        bufs = [bytearray(8) for _ in peers]
+        reqs = [self.errcomm.Irecv(b, source=r, tag=SEEN_TAG) for b, r in zip(bufs, peers)]
+        deadline = time.monotonic() + timeout
+        while reqs and time.monotonic() < deadline:
+            reqs = [q for q in reqs if not q.Test()]
+            time.sleep(0.005)
 
     def announce(self, message: str, grace_s: float) -> None:
         """Tell every other rank; wait (bounded) for rank 0 to record it."""
@@ -82,7 +98,9 @@ class FailureWatcher(threading.Thread):
         data = message.encode("utf-8")[: len(self._buf)]
         reqs = [self.errcomm.Isend(data, dest=r, tag=ERR_TAG)
                 for r in range(self.owner.size) if r != self.owner.rank]
-        if self.owner.rank != 0:
+        if self.owner.rank == 0:
+            self._wait_until_seen(exclude={0})
+        else:
             ack = bytearray(8)
             ack_req = self.errcomm.Irecv(ack, source=0, tag=ACK_TAG)
             deadline = time.monotonic() + grace_s
