@@ -46,6 +46,7 @@ STEP_FIELDS = {
     "var_exact": np.float64, "theta": np.float64, "synced": np.int8,
     "comm_bytes": np.int64, "comm_bytes_float32": np.int64, "comm_bytes_mpi": np.int64,
     "time_compute": np.float64, "time_monitor": np.float64, "time_comm": np.float64,
+    "exchange_bytes": np.int64, "exchange_calls": np.int8, "exchange_lag": np.int16,
 }
 EVAL_FIELDS = {
     "step": np.int64, "epoch": np.float64, "test_acc": np.float64, "test_loss": np.float64,

@@ -210,7 +210,8 @@ class Synchronizer:
         self._accounting.add_times(**times)
         self._records.step(records.step_row(
             step=self.step_count, epoch=self.epoch, loss=totals.mean_loss, bound=bound, var_exact=var_exact,
-            theta=self.strategy.theta, synced=synced, accounting=self._accounting, times=times))
+            theta=self.strategy.theta, synced=synced, accounting=self._accounting, times=times,
+            exchange=(*self._exchange.sent, 0)))
         self._clock.restart_lap()
 
     # ------------------------------------------------------ read-only views

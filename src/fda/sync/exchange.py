@@ -36,6 +36,7 @@ class StepExchange:
     def __init__(self, world, workers: int, device: torch.device):
         self.world, self.K, self.device = world, workers, device
         self._buffers: dict[int, torch.Tensor] = {}  # by state size: no allocation per step
+        self.sent = (0, 0)  # (bytes per rank, Allreduce calls) of the last exchange
 
     def pack(self, loss, state_size: int, fill_state: Callable[[torch.Tensor], None] | None,
              stop: bool) -> torch.Tensor:
@@ -58,6 +59,7 @@ class StepExchange:
         """ONE sum Allreduce of the buffer (and the monitor's own, if it reduces otherwise).
         reduce_state(summed_state, local_state, K, allreduce) -> the combined state; None: no state."""
         reduced = self.world.allreduce_to_host(packed, "sum", kind="state")
+        self.sent = (packed.numel() * packed.element_size(), 1)
         mean_state = None
         if reduce_state is not None:
             mean_state = reduce_state(reduced[HEAD:], packed[HEAD:], self.K, self._allreduce_state)
@@ -69,6 +71,7 @@ class StepExchange:
                           stop_requested=bool(reduced[_STOP] > 0), mean_state=mean_state)
 
     def _allreduce_state(self, state: torch.Tensor, op: str) -> np.ndarray:
+        self.sent = (self.sent[0] + state.numel() * state.element_size(), self.sent[1] + 1)
         return self.world.allreduce_to_host(state, op, kind="state")
 
     def _buffer(self, state_size: int) -> torch.Tensor:

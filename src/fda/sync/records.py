@@ -80,10 +80,14 @@ def _check_log_directory(out: Path, *, resume: bool, overwrite: bool) -> None:
 
 
 def step_row(*, step: int, epoch: float, loss: float, bound: float, var_exact: float, theta: float,
-             synced: bool, accounting, times: dict) -> dict:
+             synced: bool, accounting, times: dict, exchange: tuple[int, int, int] = (0, 0, 0)) -> dict:
+    """exchange: the step exchange started at this step: (bytes per rank, Allreduce calls, lag: the
+    steps of compute between its start and the wait on it); (0, 0, 0) when this step started none."""
+    exchange_bytes, exchange_calls, exchange_lag = exchange
     return {"step": step, "epoch": epoch, "loss": loss, "var_bound": bound, "var_exact": var_exact,
             "theta": theta, "synced": int(synced), **_bytes(accounting),
-            "time_compute": times["compute"], "time_monitor": times["monitor"], "time_comm": times["comm"]}
+            "time_compute": times["compute"], "time_monitor": times["monitor"], "time_comm": times["comm"],
+            "exchange_bytes": exchange_bytes, "exchange_calls": exchange_calls, "exchange_lag": exchange_lag}
 
 
 def eval_row(*, step: int, epoch: float, test_acc: float, test_loss: float, accounting, wall_time: float) -> dict:
