@@ -19,7 +19,7 @@ from fda.data import PARTITION_SCHEMES, dataset_names
 from fda.models import MODEL_NAMES
 from fda.monitor import monitor_names
 from fda.outer import OUTER_OPTIMIZERS
-from fda.strategies.registry import AUTO_THETA, STRATEGY_DEFAULTS, strategy_names
+from fda.strategies.registry import AUTO_THETA, LAGGED_CHECKS, STRATEGY_DEFAULTS, strategy_names
 
 # The names a setting accepts are the registries' own: adding a strategy, monitor, outer optimizer,
 # model or dataset to its registry makes it a valid setting here.
@@ -75,6 +75,9 @@ class Config(BaseModel):
     theta_profile: Literal["hpc", "balanced", "fl"] = "balanced"
     tau: int | None = Field(None, ge=1)
     check_every: int = Field(1, ge=1)
+    # pipelined checks: the state of step t travels while steps t+1 .. t+check_lag compute, and the
+    # decision on it is taken at step t+check_lag (0: at step t, waiting for it)
+    check_lag: int = Field(0, ge=0, le=1000)
     sketch_depth: int = Field(5, ge=1)
     sketch_width: int = Field(250, ge=1)
     sketch_correction: Literal["delta", "paper"] = "delta"
@@ -110,6 +113,9 @@ class Config(BaseModel):
     fail_at_step: int | None = Field(None, ge=1)
     fail_rank: int = Field(0, ge=0)
     fail_mode: Literal["raise", "stall"] = "raise"
+    # testing aid: every rank sleeps a random 0..step_jitter_ms ms at each step (seeded by seed,
+    # rank and step): uneven compute, as on a shared or heterogeneous cluster
+    step_jitter_ms: float = Field(0.0, ge=0.0, le=60000.0)
 
     @field_validator("theta", mode="before")
     @classmethod
@@ -148,6 +154,9 @@ class Config(BaseModel):
     def _consistent(self) -> "Config":
         if self.theta == "auto" and self.strategy not in AUTO_THETA:
             raise ValueError(f"theta=auto applies to strategy={' or '.join(AUTO_THETA)} only")
+        if self.check_lag and self.strategy not in LAGGED_CHECKS:
+            raise ValueError(f"check_lag applies to strategy={' or '.join(LAGGED_CHECKS)} only "
+                             f"(strategy={self.strategy} {'checks once per epoch' if self.strategy == 'fda_opt' else 'makes no checks'})")
         return self
 
     def to_json(self) -> str:

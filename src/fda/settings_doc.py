@@ -59,6 +59,9 @@ DESCRIPTIONS = {
     "theta_profile": "theta=auto: the paper's rule of thumb, hpc (c = 2.7e-5), balanced (3.9e-5) or fl (4.9e-5)",
     "tau": "fedavg, diloco: a sync every tau steps (DiLoCo's H)",
     "check_every": "fda, kamp: steps between two variance checks",
+    "check_lag": ("fda, kamp: pipelined checks: the state of step t travels in a non-blocking Allreduce while "
+                  "steps t+1 .. t+L compute, and the sync decision on it is taken at step t+L on every rank "
+                  "(a state measured before a sync decides nothing); 0: decide at step t"),
     "sketch_depth": "monitor=sketch: the AMS sketch's rows l",
     "sketch_width": "monitor=sketch: the AMS sketch's columns m",
     "sketch_correction": "monitor=sketch: the ε in H = mean ‖u_k‖² - M2/(1+ε); delta derives it from "
@@ -97,6 +100,8 @@ DESCRIPTIONS = {
     "fail_at_step": "testing aid: the step at which rank `fail_rank` fails",
     "fail_rank": "testing aid: the rank that fails at `fail_at_step`",
     "fail_mode": "testing aid: raise an error, or stall (hang in the data loader)",
+    "step_jitter_ms": ("testing aid: every rank sleeps a random 0..J ms after its local step (seeded by seed, "
+                       "rank and step): uneven compute"),
 }
 
 # Where a setting's allowed values live when its annotation does not list them (a registry

@@ -13,6 +13,7 @@ import copy
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fda import kernels, preemption
@@ -79,7 +80,9 @@ class Synchronizer:
         self._reference = self._make_reference()
         self._sync = make_sync_variant(self._averaging, self.outer,
                                        measure_variance=self.strategy.wants_sync_variance)
-        self._exchange = StepExchange(self.world, self.K, self._workers[0].device)
+        self._exchange = StepExchange(self.world, self.K, self._workers[0].device, lag=cfg.check_lag,
+                                      state_op=self.monitor.reduce_op if self.monitor else "sum",
+                                      from_reduced=self.monitor.from_reduced if self.monitor else None)
         self._kernel_out = self.monitor.kernel_output(self._workers[0].device) if self.monitor else None
         self._reset_counters()
         # what a resume on another layout relies on, recorded with the run (collective, before the log opens)
@@ -129,7 +132,8 @@ class Synchronizer:
         """When (the strategy) and how (the outer update, the sync's width) this synchronizer syncs."""
         outer = f", outer={self.outer.describe()}" if self.outer is not None else ""
         width = f", sync {self._averaging.name}" if self._averaging.name != "none" else ""
-        return self.strategy.describe() + outer + width
+        lag = f", check_lag={self.cfg.check_lag}" if self.cfg.check_lag else ""
+        return self.strategy.describe() + lag + outer + width
 
     # -------------------------------------------------------------------- step
     @property
@@ -150,18 +154,24 @@ class Synchronizer:
         times = {"compute": self._clock.lap()}
         step = self._begin_step()
         check = self.monitor is not None and self.strategy.wants_check(step)
-        packed = self._exchange.pack(loss, self.monitor.state_size if check else 0,
-                                     self._local_state if check else None, stop=preemption.requested())
-        times["monitor"] = self._clock.lap()
-        totals = self._exchange.exchange(packed, self.monitor.reduce_state if check else None, step=step)
-        times["comm"] = self._clock.lap()
-        bound = self._bound(totals.mean_state)
+        self._exchange.add_loss(loss)
         var_exact = self._exact_variance() if self.cfg.audit else math.nan
+        self._exchange.start(step=step, state_size=self.monitor.state_size if check else 0,
+                             fill_state=self._local_state if check else None, stop=preemption.requested(),
+                             generation=self.syncs, extra=var_exact)
+        times["monitor"] = self._clock.lap()
+        self._exchange.poke()
+        totals = self._exchange.due(step)
+        times["comm"] = self._clock.lap()
+        mean_state = self._fresh_state(totals)
+        bound = self._bound(mean_state)
         synced = self.strategy.decide(step, bound)
         if synced:
             self._clock.restart_lap()
-            self._synchronize(totals.mean_state)
+            self._synchronize(mean_state)
             times["comm"] += self._clock.lap()
+        if self.cfg.check_lag:
+            var_exact = totals.extra if mean_state is not None else math.nan
         self._end_step(totals, bound, var_exact, synced, times)
         return synced
 
@@ -183,12 +193,17 @@ class Synchronizer:
             states.append(state.clone() if len(self._workers) > 1 else state)  # the kernel reuses its output
         mon.combine_hosted_(out, states)
 
-    def _bound(self, mean_state) -> float:
-        """H(mean state) on a checked step (whose state the paper's accounting counts), else NaN."""
-        if mean_state is None:
-            return math.nan
+    def _fresh_state(self, totals) -> np.ndarray | None:
+        """The mean state of the check due now (counted: it was sent), unless a sync has replaced the
+        reference it was measured against since (possible with check_lag): then None, no decision."""
+        if totals is None or totals.mean_state is None:
+            return None
         self._accounting.count_check(self.K, self.monitor.state_size)
-        return self.monitor.bound(mean_state)
+        return totals.mean_state if totals.generation == self.syncs else None
+
+    def _bound(self, mean_state) -> float:
+        """H(mean state) at a step with a check due, else NaN."""
+        return math.nan if mean_state is None else self.monitor.bound(mean_state)
 
     def _exact_variance(self) -> float:
         """Audit: Var = (1/K) sum_k ||w_k - mean||^2, with a full Allreduce not counted as training traffic."""
@@ -206,12 +221,15 @@ class Synchronizer:
 
     def _end_step(self, totals, bound: float, var_exact: float, synced: bool, times: dict) -> None:
         self.last_bound, self.last_synced = bound, synced
-        self.stop_requested, self.mean_loss = totals.stop_requested, totals.mean_loss
+        self.stop_requested = totals is not None and totals.stop_requested
+        loss = totals.mean_loss if totals is not None else math.nan
+        if totals is not None:
+            self.mean_loss = loss
         self._accounting.add_times(**times)
         self._records.step(records.step_row(
-            step=self.step_count, epoch=self.epoch, loss=totals.mean_loss, bound=bound, var_exact=var_exact,
+            step=self.step_count, epoch=self.epoch, loss=loss, bound=bound, var_exact=var_exact,
             theta=self.strategy.theta, synced=synced, accounting=self._accounting, times=times,
-            exchange=(*self._exchange.sent, 0)))
+            exchange=(*self._exchange.sent, self.cfg.check_lag)))
         self._clock.restart_lap()
 
     # ------------------------------------------------------ read-only views
@@ -324,11 +342,14 @@ class Synchronizer:
             "time_compute_s": totals["compute"], "time_monitor_s": totals["monitor"],
             "time_comm_s": totals["comm"],
             "strategy": self.describe(), "state_kernel": kernels.backend(),
+            # pipelined checks (check_lag): exchanges waited on, and of those complete before the wait
+            "exchanges_waited": self._exchange.waited, "exchanges_ready_at_wait": self._exchange.ready_at_wait,
         }
 
     def close(self, status: str = "completed", error: str = "", extra: dict | None = None) -> dict:
         """Flush and close the log (status completed, failed, or interrupted: then the log also
         records `stopped_at_step`); returns the run summary, with `extra` (numbers, also logged)."""
+        self._exchange.discard()
         summary = {**self.summary(), **(extra or {})}
         self._records.close(status, error, summary, final_test_acc=self.last_eval[0],
                             stopped_at_step=self.step_count)
@@ -349,6 +370,7 @@ class Synchronizer:
             "step": self.step_count, "syncs": self.syncs, **self._accounting.state_dict(), **reference,
             "strategy": self.strategy.state_dict(),
             "outer": None if self.outer is None else self.outer.state_dict(),
+            "exchange": self._exchange.state_dict(),
             "config": self.cfg.to_json(),
         }
 
@@ -363,6 +385,7 @@ class Synchronizer:
         self.strategy.load_state_dict(state["strategy"])
         if self.outer is not None:
             self.outer.load_state_dict(state["outer"])
+        self._exchange.load_state_dict(state.get("exchange", {}))
 
     def worker_state_dict(self, j: int) -> dict:
         """What the synchronizer keeps for hosted worker j alone (its compression residual), to be

@@ -175,6 +175,8 @@ def _run(cfg: Config, out: Path, ctx: Context, *, resume: bool, overwrite: bool,
             if cfg.lr_schedule != "constant":
                 set_lr(optimizers, local_lr(cfg, step, total_steps))
             losses = [local_step(m, o, ld) for m, o, ld in zip(models, optimizers, loaders)]
+            if cfg.step_jitter_ms:
+                time.sleep(step_jitter_s(cfg.seed, ctx.rank, step, cfg.step_jitter_ms))
             sync.step(losses)
 
             if sync.should_evaluate() or step == total_steps:
@@ -216,6 +218,11 @@ def _run(cfg: Config, out: Path, ctx: Context, *, resume: bool, overwrite: bool,
         with open_log(out) as f:
             summary.update(bound_audit(f["steps"]["var_bound"][()], f["steps"]["var_exact"][()]))
     return summary
+
+
+def step_jitter_s(seed: int, rank: int, step: int, max_ms: float) -> float:
+    """The step_jitter_ms testing aid's delay: uniform in [0, max_ms] ms, a function of (seed, rank, step)."""
+    return float(np.random.default_rng([seed, rank, step]).uniform(0.0, max_ms)) / 1e3
 
 
 def format_summary(s: dict) -> str:

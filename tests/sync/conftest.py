@@ -8,8 +8,26 @@ import torch
 from fda.comm import ByteCounter
 
 
+class PendingOnOneRank:
+    """fda.comm.PendingAllreduce's interface over one rank: complete after `ready_after_tests` tests."""
+
+    def __init__(self, values, ready_after_tests):
+        self.values, self.left = values, ready_after_tests
+        self.ready_before_wait = False
+
+    def test(self):
+        self.left -= 1
+        return self.left <= 0
+
+    def wait(self):
+        self.ready_before_wait = self.left <= 0
+        return self.values
+
+
 class OneRankWorld:
     size, rank = 1, 0
+
+    ready_after_tests = 1  # an Iallreduce completes at its n-th test() (as MPI progresses it)
 
     def __init__(self):
         self.bytes = ByteCounter()
@@ -22,6 +40,10 @@ class OneRankWorld:
     def allreduce_to_host(self, t, op="sum", kind="state"):
         self._count("allreduce_to_host", op, kind, 2 * t.numel() * t.element_size())
         return t.detach().cpu().numpy().copy()
+
+    def iallreduce_to_host(self, t, op="sum", kind="state"):
+        self._count("iallreduce_to_host", op, kind, 2 * t.numel() * t.element_size())
+        return PendingOnOneRank(t.detach().cpu().numpy().copy(), ready_after_tests=self.ready_after_tests)
 
     def allreduce_(self, t, op="sum", kind="train"):
         self._count("allreduce_", op, kind, 2 * t.numel() * t.element_size())

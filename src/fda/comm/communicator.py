@@ -20,6 +20,7 @@ from mpi4py import MPI
 from fda import preemption
 from fda.comm.failures import FailureWatcher, record_within
 from fda.comm.library import resolve_gpu_aware
+from fda.comm.pending import PendingAllreduce
 from fda.comm.placement import device_for_local_rank, node_local
 from fda.comm.stalls import Position
 
@@ -129,6 +130,15 @@ class Comm:
             arr = staged.numpy()
         self._allreduce(arr, arr.nbytes, op, kind)
         return arr.copy() if t.device.type != "cpu" else arr
+
+    def iallreduce_to_host(self, t: torch.Tensor, op: str = "sum", kind: str = "state") -> PendingAllreduce:
+        """Start a non-blocking Allreduce of a copy of a small tensor, on the host (the caller's
+        buffer stays free); its `wait()` gives the reduced values. Every rank must start the same
+        non-blocking collectives in the same order."""
+        arr = t.detach().to("cpu", copy=True).numpy().reshape(-1)
+        request = self._collective(f"{kind} Iallreduce", self.comm.Iallreduce, MPI.IN_PLACE, arr, op=_OPS[op],
+                                   kind=kind, nbytes=2 * arr.nbytes * self.size)
+        return PendingAllreduce(request, arr, lambda r: self._collective(f"wait on a {kind} Iallreduce", r.Wait))
 
     def allreduce_(self, t: torch.Tensor, op: str = "sum", kind: str = "train") -> torch.Tensor:
         """In-place Allreduce of one contiguous tensor."""

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from typing import Callable
 
 import numpy as np
 import torch
@@ -15,7 +14,7 @@ class Monitor(ABC):
     """Turns one worker's drift statistics into a state vector, and a mean state into a bound.
 
     The states of the K workers are averaged (summed by the step's Allreduce, divided by K);
-    a monitor whose states combine otherwise overrides `combine_hosted_` and `reduce_state`.
+    a monitor whose states combine otherwise sets `reduce_op` and overrides `combine_hosted_`.
     """
 
     name: str = ""
@@ -62,11 +61,9 @@ class Monitor(ABC):
         ranks would add them (so the bits do not depend on the layout)."""
         out.copy_(pairwise_sum_(states))
 
-    def reduce_state(self, summed: np.ndarray, local: torch.Tensor, workers: int,
-                     allreduce: Callable[[torch.Tensor, str], np.ndarray]) -> np.ndarray:
-        """The state H is evaluated on, from the step Allreduce's sum over all ranks (`summed`).
-        local: this rank's state; allreduce(tensor, op): for monitors that need their own reduction."""
-        return summed / workers
+    def from_reduced(self, reduced: np.ndarray, workers: int) -> np.ndarray:
+        """The state H is evaluated on, from the states of all workers reduced with `reduce_op`."""
+        return reduced / workers if self.reduce_op == "sum" else reduced
 
     def mean_sqnorm(self, state: np.ndarray) -> float:
         """mean_k ||u_k||^2 from the reduced state (every averaged state starts with it)."""

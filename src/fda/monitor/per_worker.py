@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import numpy as np
 import torch
@@ -22,10 +21,6 @@ class PerWorkerMonitor(NaiveMonitor):
         out.copy_(states[0])
         for state in states[1:]:
             torch.maximum(out, state, out=out)
-
-    def reduce_state(self, summed: np.ndarray, local: torch.Tensor, workers: int,
-                     allreduce: Callable[[torch.Tensor, str], np.ndarray]) -> np.ndarray:
-        return allreduce(local, "max")
 
     def mean_sqnorm(self, state: np.ndarray) -> float:
         return math.nan  # the MAX state holds no mean

@@ -71,6 +71,8 @@ STRATEGY_DEFAULTS: dict[str, dict] = {
 
 # The strategies whose theta may be chosen by the paper's rule of thumb (theta=auto).
 AUTO_THETA = ("fda",)
+# The strategies whose decision depends on the checked state alone, so it may be taken check_lag steps later.
+LAGGED_CHECKS = ("fda", "kamp")
 
 
 def strategy_names() -> tuple[str, ...]:

@@ -1,16 +1,21 @@
-"""The step exchange: what every rank sends and learns at every step, in one packed buffer.
+"""The step exchange: what the ranks tell each other at a step, in one packed buffer.
 
-A rank packs  [loss sum, non-finite flag, worker count, stop flag, local state (checked steps)]
+A rank packs  [loss sum, non-finite flag, loss count, stop flag, local state (checked steps)]
 as float64 on its model's device (no host sync), and ONE sum Allreduce gives every rank the
 same totals: the mean loss, whether any worker diverged, whether any rank was asked to stop,
-and the summed monitor state. A monitor whose states combine otherwise (Kamp's MAX) makes its
-own second Allreduce of the state part (`Monitor.reduce_state`).
+and the summed monitor state. A monitor whose states combine otherwise (Kamp's MAX) adds a
+second Allreduce of the state part with its own operation.
+
+With lag L >= 1 the exchange started at step t is a non-blocking Allreduce, poked once per step
+to let MPI progress it, and waited on at step t + L: the ranks compute steps t+1 .. t+L while it
+travels. Every rank starts and waits on the same exchanges at the same steps, so the totals, and
+any decision taken on them, are the same everywhere.
 """
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -18,61 +23,140 @@ import torch
 from fda.collectives import CollectiveError
 from fda.flat import pairwise_sum_
 
-HEAD = 4  # [loss sum, non-finite flag, worker count, stop flag]
+HEAD = 4  # [loss sum, non-finite flag, loss count, stop flag]
 _LOSS, _NONFINITE, _COUNT, _STOP = range(HEAD)
 
 
 @dataclass(frozen=True)
 class StepTotals:
-    """What the exchange tells every rank (the same values everywhere)."""
-    mean_loss: float
+    """What an exchange tells every rank (the same values everywhere)."""
+    step: int  # the step that started it
+    mean_loss: float  # over the workers
     stop_requested: bool
-    mean_state: np.ndarray | None  # the monitor's combined state; None on unchecked steps
+    mean_state: np.ndarray | None  # the monitor's combined state; None without a check
+    generation: int  # the caller's tag at the start (the syncs done: what the state was measured against)
+    extra: float = math.nan  # a value the caller attached at the start (the audit's exact variance)
+
+
+@dataclass
+class _InFlight:
+    step: int
+    generation: int
+    extra: float
+    sum_request: object  # fda.comm PendingAllreduce
+    state_request: object | None  # the second Allreduce of a MAX monitor
+    with_state: bool
+    ready_before_wait: bool = False
 
 
 class StepExchange:
-    """The per-step buffer and its protocol (pack, then exchange)."""
+    """The per-step buffer and its protocol: `add_loss` and `start` at every step, `due` for the
+    totals whose decision falls at a step."""
 
-    def __init__(self, world, workers: int, device: torch.device):
-        self.world, self.K, self.device = world, workers, device
+    def __init__(self, world, workers: int, device: torch.device, *, lag: int = 0, state_op: str = "sum",
+                 from_reduced=None):
+        self.world, self.K, self.device, self.lag = world, workers, device, lag
+        self.state_op = state_op
+        self._from_reduced = from_reduced or (lambda reduced, K: reduced / K)
         self._buffers: dict[int, torch.Tensor] = {}  # by state size: no allocation per step
-        self.sent = (0, 0)  # (bytes per rank, Allreduce calls) of the last exchange
+        self._loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self._loss_count = 0
+        self._in_flight: deque = deque()
+        self._completed: deque[StepTotals] = deque()  # restored from a checkpoint
+        self.sent = (0, 0)  # (bytes per rank, Allreduce calls) of the exchange started at the last step
+        self.waited = 0
+        self.ready_at_wait = 0  # of those waited on with lag >= 1: complete before the wait
 
-    def pack(self, loss, state_size: int, fill_state: Callable[[torch.Tensor], None] | None,
-             stop: bool) -> torch.Tensor:
-        """This rank's buffer; `fill_state` writes the local monitor state (of `state_size` values)."""
+    # ----------------------------------------------------------------- losses
+    def add_loss(self, loss) -> None:
+        """Add this step's loss(es) to the next exchange."""
+        losses = loss_vector(loss, self.device)
+        if not losses.numel():
+            return
+        self._loss_sum += pairwise_sum_(list(losses))
+        self._loss_count += losses.numel()
+
+    # ---------------------------------------------------------------- exchange
+    def start(self, *, step: int, state_size: int = 0, fill_state=None, stop: bool = False,
+              generation: int = 0, extra: float = math.nan) -> None:
+        """Pack this rank's buffer (`fill_state(out)` writes its monitor state) and start the exchange."""
+        packed = self._pack(state_size, fill_state, stop)
+        calls, nbytes = 1, packed.numel() * packed.element_size()
+        with_state = fill_state is not None
+        if self.lag == 0:
+            sum_request = _Done(self.world.allreduce_to_host(packed, "sum", kind="state"))
+        else:
+            sum_request = self.world.iallreduce_to_host(packed, "sum", kind="state")
+        state_request = None
+        if with_state and self.state_op != "sum":
+            state = packed[HEAD:]
+            calls, nbytes = 2, nbytes + state.numel() * state.element_size()
+            state_request = (_Done(self.world.allreduce_to_host(state, self.state_op, kind="state"))
+                             if self.lag == 0 else self.world.iallreduce_to_host(state, self.state_op, kind="state"))
+        self._in_flight.append(_InFlight(step, generation, extra, sum_request, state_request, with_state))
+        self.sent = (nbytes, calls)
+
+    def poke(self) -> None:
+        """Let MPI progress the exchanges in flight (one MPI_Test each)."""
+        for f in self._in_flight:
+            f.sum_request.test()
+            if f.state_request is not None:
+                f.state_request.test()
+
+    def due(self, step: int) -> StepTotals | None:
+        """The totals whose decision falls at `step` (of the exchange started at step - lag), or None."""
+        if self._completed and self._completed[0].step + self.lag <= step:
+            return self._completed.popleft()
+        if self._in_flight and self._in_flight[0].step + self.lag <= step:
+            return self._finish(self._in_flight.popleft())
+        return None
+
+    def drain(self) -> list[StepTotals]:
+        """Wait on every exchange in flight (all ranks at the same step): their totals, oldest first."""
+        while self._in_flight:
+            self._completed.append(self._finish(self._in_flight.popleft()))
+        return list(self._completed)
+
+    def discard(self) -> None:
+        """Complete the exchanges in flight without reading them (the run is ending)."""
+        while self._in_flight:
+            f = self._in_flight.popleft()
+            f.sum_request.wait()
+            if f.state_request is not None:
+                f.state_request.wait()
+        self._completed.clear()
+
+    def _finish(self, f: _InFlight) -> StepTotals:
+        reduced = f.sum_request.wait()
+        if self.lag:
+            self.waited += 1
+            self.ready_at_wait += int(f.sum_request.ready_before_wait)
+        mean_state = None
+        if f.with_state:
+            state = f.state_request.wait() if f.state_request is not None else reduced[HEAD:]
+            mean_state = self._from_reduced(state, self.K)
+        if reduced[_NONFINITE] > 0 or not np.all(np.isfinite(reduced)):
+            raise CollectiveError(f"non-finite loss, drift or state at step {f.step} "
+                                  "(diverged: try a smaller lr or check the data)")
+        count = reduced[_COUNT]
+        return StepTotals(step=f.step, mean_loss=reduced[_LOSS] / count if count > 0 else math.nan,
+                          stop_requested=bool(reduced[_STOP] > 0), mean_state=mean_state,
+                          generation=f.generation, extra=f.extra)
+
+    def _pack(self, state_size: int, fill_state, stop: bool) -> torch.Tensor:
         packed = self._buffer(state_size)
-        losses = loss_vector(loss, packed.device)
-        loss_sum = pairwise_sum_(list(losses)) if losses.numel() else losses.sum()
-        finite = torch.isfinite(loss_sum)
+        finite = torch.isfinite(self._loss_sum)
         if fill_state is not None:
             state = packed[HEAD:]
             fill_state(state)
             finite = finite & torch.isfinite(state).all()
-        packed[_LOSS] = loss_sum
+        packed[_LOSS] = self._loss_sum
         packed[_NONFINITE] = (~finite).to(torch.float64)
-        packed[_COUNT] = losses.numel()
+        packed[_COUNT] = self._loss_count
         packed[_STOP] = float(stop)
+        self._loss_sum.zero_()
+        self._loss_count = 0
         return packed
-
-    def exchange(self, packed: torch.Tensor, reduce_state=None, *, step: int) -> StepTotals:
-        """ONE sum Allreduce of the buffer (and the monitor's own, if it reduces otherwise).
-        reduce_state(summed_state, local_state, K, allreduce) -> the combined state; None: no state."""
-        reduced = self.world.allreduce_to_host(packed, "sum", kind="state")
-        self.sent = (packed.numel() * packed.element_size(), 1)
-        mean_state = None
-        if reduce_state is not None:
-            mean_state = reduce_state(reduced[HEAD:], packed[HEAD:], self.K, self._allreduce_state)
-        if reduced[_NONFINITE] > 0 or not np.all(np.isfinite(reduced)):
-            raise CollectiveError(f"non-finite loss, drift or state at step {step} "
-                                  "(diverged: try a smaller lr or check the data)")
-        count = reduced[_COUNT]
-        return StepTotals(mean_loss=reduced[_LOSS] / count if count > 0 else math.nan,
-                          stop_requested=bool(reduced[_STOP] > 0), mean_state=mean_state)
-
-    def _allreduce_state(self, state: torch.Tensor, op: str) -> np.ndarray:
-        self.sent = (self.sent[0] + state.numel() * state.element_size(), self.sent[1] + 1)
-        return self.world.allreduce_to_host(state, op, kind="state")
 
     def _buffer(self, state_size: int) -> torch.Tensor:
         packed = self._buffers.get(state_size)
@@ -80,6 +164,39 @@ class StepExchange:
             packed = self._buffers[state_size] = torch.zeros(HEAD + state_size, dtype=torch.float64,
                                                              device=self.device)
         return packed
+
+    # ------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        """The exchanges in flight, completed (every rank checkpoints at the same step): a resumed
+        run takes the same decisions at the same steps."""
+        return {"completed": [_totals_dict(t) for t in self.drain()]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._in_flight.clear()
+        self._completed = deque(StepTotals(**{**t, "mean_state": None if t["mean_state"] is None
+                                               else np.asarray(t["mean_state"], dtype=np.float64)})
+                                for t in state.get("completed", []))
+
+
+class _Done:
+    """A blocking Allreduce's result, behind the same interface as one in flight."""
+
+    ready_before_wait = True
+
+    def __init__(self, values: np.ndarray):
+        self._values = values
+
+    def test(self) -> bool:
+        return True
+
+    def wait(self) -> np.ndarray:
+        return self._values
+
+
+def _totals_dict(t: StepTotals) -> dict:
+    return {"step": t.step, "mean_loss": t.mean_loss, "stop_requested": t.stop_requested,
+            "mean_state": None if t.mean_state is None else t.mean_state.tolist(),
+            "generation": t.generation, "extra": t.extra}
 
 
 def loss_vector(loss, device: torch.device) -> torch.Tensor:
