@@ -42,3 +42,25 @@ def test_check_lag_is_refused_where_the_decision_is_not_the_state_alone():
     with pytest.raises(ConfigError, match="check_lag applies to strategy=fda or kamp only"):
         make_config(overrides=["strategy=fedavg", "check_lag=2"])
     assert make_config(overrides=["strategy=kamp", "check_lag=2"]).check_lag == 2
+
+
+@pytest.mark.slow
+def test_adaptive_checks_are_the_same_on_every_layout_and_fewer(tmp_path):
+    settings = ["check_every=auto", "check_max_interval=8", "check_lag=1"]
+    two_ranks = _train(tmp_path / "2x1", *settings, "workers_per_rank=1", n=2)
+    one_rank = _train(tmp_path / "1x2", *settings, "workers_per_rank=2", n=1)
+    for name in set(STEP_FIELDS) - TIMING - {"comm_bytes_mpi"}:
+        assert np.array_equal(two_ranks["steps"][name], one_rank["steps"][name], equal_nan=True), name
+
+    steps = two_ranks["steps"]
+    checked_at = np.flatnonzero(steps["exchange_bytes"] > 4 * 8) + 1  # a state beyond the 4-float head
+    assert 1 < steps["synced"].sum() and len(checked_at) < 120 / 2, "the schedule did not space the checks"
+    assert np.all(np.diff(checked_at) <= 8 + 1)  # at most check_max_interval apart (+1: the lag's wait)
+    for i in np.flatnonzero(steps["synced"]):  # a round's first check one step after its sync
+        if i + 2 <= 120:
+            assert steps["exchange_bytes"][i + 1] > 4 * 8, f"no check right after the sync of step {i + 1}"
+
+
+def test_check_every_auto_is_refused_where_nothing_is_checked():
+    with pytest.raises(ConfigError, match="check_every=auto applies to strategy=fda or kamp only"):
+        make_config(overrides=["strategy=synchronous", "check_every=auto"])

@@ -23,7 +23,8 @@ def _run(*args, n=2, timeout=300):
     ["strategy=diloco", "tau=20", "lr_schedule=cosine"],  # outer momentum in the state; lr from the step
     ["sync_compression=int8", "server_optimizer=nesterov", "server_lr=0.7"],  # + the residuals
     ["check_lag=3", "theta=0.5"],  # exchanges in flight at every checkpoint
-], ids=["fda", "diloco", "int8-fda-nesterov", "fda-check_lag3"])
+    ["check_every=auto", "check_lag=1", "theta=0.5"],  # the adaptive schedule's state
+], ids=["fda", "diloco", "int8-fda-nesterov", "fda-check_lag3", "fda-check_auto"])
 def test_kill_and_resume_equals_uninterrupted_run(tmp_path, extra):
     a, b = tmp_path / "a", tmp_path / "b"
     settings = [*SETTINGS, *extra]

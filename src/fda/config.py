@@ -19,7 +19,7 @@ from fda.data import PARTITION_SCHEMES, dataset_names
 from fda.models import MODEL_NAMES
 from fda.monitor import monitor_names
 from fda.outer import OUTER_OPTIMIZERS
-from fda.strategies.registry import AUTO_THETA, LAGGED_CHECKS, STRATEGY_DEFAULTS, strategy_names
+from fda.strategies.registry import ADAPTIVE_CHECKS, AUTO_THETA, LAGGED_CHECKS, STRATEGY_DEFAULTS, strategy_names
 
 # The names a setting accepts are the registries' own: adding a strategy, monitor, outer optimizer,
 # model or dataset to its registry makes it a valid setting here.
@@ -74,7 +74,11 @@ class Config(BaseModel):
     theta: Union[float, Literal["auto"]] = 1.0
     theta_profile: Literal["hpc", "balanced", "fl"] = "balanced"
     tau: int | None = Field(None, ge=1)
-    check_every: int = Field(1, ge=1)
+    check_every: Union[int, Literal["auto"]] = 1
+    # check_every=auto: the next check after margin x the steps H needs to reach theta if it grows
+    # quadratically, and at most check_max_interval steps after the last
+    check_margin: float = Field(0.5, gt=0.0, le=1.0)
+    check_max_interval: int = Field(50, ge=1)
     # pipelined checks: the state of step t travels while steps t+1 .. t+check_lag compute, and the
     # decision on it is taken at step t+check_lag (0: at step t, waiting for it)
     check_lag: int = Field(0, ge=0, le=1000)
@@ -130,6 +134,21 @@ class Config(BaseModel):
             raise ValueError("must be a finite number >= 0 or 'auto'")
         return value
 
+    @field_validator("check_every", mode="before")
+    @classmethod
+    def _check_every(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() == "auto":
+            return "auto"
+        try:
+            value = int(v)
+        except (TypeError, ValueError):
+            raise ValueError("must be a whole number of steps >= 1 or 'auto'") from None
+        if value != v and not (isinstance(v, str) and v.strip() == str(value)):
+            raise ValueError("must be a whole number of steps >= 1 or 'auto'")
+        if value < 1:
+            raise ValueError("must be >= 1 step or 'auto'")
+        return value
+
     @field_validator("sketch_delta", mode="after")
     @classmethod
     def _probability(cls, v: float) -> float:
@@ -154,6 +173,8 @@ class Config(BaseModel):
     def _consistent(self) -> "Config":
         if self.theta == "auto" and self.strategy not in AUTO_THETA:
             raise ValueError(f"theta=auto applies to strategy={' or '.join(AUTO_THETA)} only")
+        if self.check_every == "auto" and self.strategy not in ADAPTIVE_CHECKS:
+            raise ValueError(f"check_every=auto applies to strategy={' or '.join(ADAPTIVE_CHECKS)} only")
         if self.check_lag and self.strategy not in LAGGED_CHECKS:
             raise ValueError(f"check_lag applies to strategy={' or '.join(LAGGED_CHECKS)} only "
                              f"(strategy={self.strategy} {'checks once per epoch' if self.strategy == 'fda_opt' else 'makes no checks'})")

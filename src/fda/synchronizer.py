@@ -165,6 +165,8 @@ class Synchronizer:
         times["comm"] = self._clock.lap()
         mean_state = self._fresh_state(totals)
         bound = self._bound(mean_state)
+        if totals is not None and totals.mean_state is not None:
+            self.strategy.after_check(totals.step, step, bound)
         synced = self.strategy.decide(step, bound)
         if synced:
             self._clock.restart_lap()

@@ -25,8 +25,11 @@ class Strategy:
         return "none (no variance check)"
 
     def wants_check(self, step: int) -> bool:
-        """Compute and Allreduce the monitor state at this step?"""
+        """Compute and Allreduce the monitor state at this step? Asked once per step."""
         return False
+
+    def after_check(self, checked_at: int, step: int, bound: float) -> None:
+        """The bound of the check started at step `checked_at` is known at `step` (NaN: stale)."""
 
     def decide(self, step: int, bound: float) -> bool:
         """Sync at this step? `bound` is H(mean state) when checked, else NaN. Same inputs on every rank."""

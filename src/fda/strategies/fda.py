@@ -4,24 +4,26 @@ import math
 
 from fda.monitor import Monitor
 from fda.strategies.base import Strategy
+from fda.strategies.check_schedule import AdaptiveChecks, EveryN
 
 
 class FDA(Strategy):
-    """Sync iff H(mean state) > theta, checked every `check_every` steps (docs/algorithm.md, "The training step").
+    """Sync iff H(mean state) > theta, checked every `check_every` steps (docs/algorithm.md, "The training step")
+    or on an adaptive schedule (`checks`: fda.strategies.check_schedule.AdaptiveChecks).
 
     With the per-worker monitor this is Kamp et al.'s rule (max_k ||u_k||^2 > theta).
     theta = 0 syncs at every check: the Synchronous baseline when check_every = 1.
     """
 
     def __init__(self, monitor: Monitor, theta: float, check_every: int = 1, name: str = "fda",
-                 theta_rule: str = "given"):
+                 theta_rule: str = "given", checks: AdaptiveChecks | None = None):
         super().__init__()
         if not (theta >= 0 and math.isfinite(theta)):
             raise ValueError(f"theta must be a finite number >= 0, got {theta}")
         self.name = name
         self.monitor = monitor
         self._theta = float(theta)
-        self.check_every = check_every
+        self.checks = checks or EveryN(check_every)
         self._theta_rule = theta_rule
 
     @property
@@ -34,14 +36,29 @@ class FDA(Strategy):
         return self._theta_rule
 
     def wants_check(self, step: int) -> bool:
-        return step % self.check_every == 0
+        return self.checks.wants(step)
+
+    def after_check(self, checked_at: int, step: int, bound: float) -> None:
+        self.checks.checked(checked_at, step, bound, self._theta, self.last_sync_step)
 
     def decide(self, step: int, bound: float) -> bool:
         # theta = 0 means "always": a numerically zero bound (e.g. right after a sync) still syncs
         return (not math.isnan(bound)) and (bound > self._theta or self._theta == 0.0)
 
+    def after_sync(self, step: int, var_exact: float) -> None:
+        super().after_sync(step, var_exact)
+        self.checks.synced(step)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "checks": self.checks.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.checks.load_state_dict(state.get("checks", {}))
+
     def describe(self) -> str:
-        return f"{self.name}(monitor={self.monitor.describe()}, theta={self._theta:g}, check_every={self.check_every})"
+        return (f"{self.name}(monitor={self.monitor.describe()}, theta={self._theta:g}, "
+                f"check_every={self.checks.describe()})")
 
 
 class FDAOpt(FDA):

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Callable
 
 from fda.monitor import Monitor, make_monitor
 from fda.strategies.base import Strategy
+from fda.strategies.check_schedule import AdaptiveChecks
 from fda.strategies.fda import FDA, FDAOpt
 from fda.strategies.periodic import Periodic
 
@@ -45,8 +46,10 @@ class _Build:
         return f"auto: {cfg.theta_profile} rule {c:g} x d = {c:g} x {self.num_params} = {self.theta():.4g}"
 
     def fda(self, monitor: str | None = None, name: str = "fda") -> FDA:
-        return FDA(self.monitor(monitor), theta=self.theta(), check_every=self.cfg.check_every, name=name,
-                   theta_rule=self.theta_rule())
+        cfg = self.cfg
+        checks = AdaptiveChecks(cfg.check_margin, cfg.check_max_interval) if cfg.check_every == "auto" else None
+        return FDA(self.monitor(monitor), theta=self.theta(), check_every=1 if checks else cfg.check_every,
+                   name=name, theta_rule=self.theta_rule(), checks=checks)
 
 
 STRATEGIES: dict[str, Callable[[_Build], Strategy]] = {
@@ -73,6 +76,8 @@ STRATEGY_DEFAULTS: dict[str, dict] = {
 AUTO_THETA = ("fda",)
 # The strategies whose decision depends on the checked state alone, so it may be taken check_lag steps later.
 LAGGED_CHECKS = ("fda", "kamp")
+# The strategies whose checks check_every=auto may space (fda_opt checks once per epoch).
+ADAPTIVE_CHECKS = ("fda", "kamp")
 
 
 def strategy_names() -> tuple[str, ...]:

@@ -84,14 +84,14 @@ class StepExchange:
         calls, nbytes = 1, packed.numel() * packed.element_size()
         with_state = fill_state is not None
         if self.lag == 0:
-            sum_request = _Done(self.world.allreduce_to_host(packed, "sum", kind="state"))
+            sum_request = _AtWait(lambda: self.world.allreduce_to_host(packed, "sum", kind="state"))
         else:
             sum_request = self.world.iallreduce_to_host(packed, "sum", kind="state")
         state_request = None
         if with_state and self.state_op != "sum":
             state = packed[HEAD:]
             calls, nbytes = 2, nbytes + state.numel() * state.element_size()
-            state_request = (_Done(self.world.allreduce_to_host(state, self.state_op, kind="state"))
+            state_request = (_AtWait(lambda: self.world.allreduce_to_host(state, self.state_op, kind="state"))
                              if self.lag == 0 else self.world.iallreduce_to_host(state, self.state_op, kind="state"))
         self._in_flight.append(_InFlight(step, generation, extra, sum_request, state_request, with_state))
         self.sent = (nbytes, calls)
@@ -178,18 +178,21 @@ class StepExchange:
                                 for t in state.get("completed", []))
 
 
-class _Done:
-    """A blocking Allreduce's result, behind the same interface as one in flight."""
+class _AtWait:
+    """A blocking Allreduce made when waited on (lag 0: in the same step, so that a step's time
+    in the collective is counted as communication), behind the interface of one in flight."""
 
-    ready_before_wait = True
+    ready_before_wait = False
 
-    def __init__(self, values: np.ndarray):
-        self._values = values
+    def __init__(self, allreduce):
+        self._allreduce, self._values = allreduce, None
 
     def test(self) -> bool:
-        return True
+        return False
 
     def wait(self) -> np.ndarray:
+        if self._values is None:
+            self._values = self._allreduce()
         return self._values
 
 
