@@ -59,8 +59,8 @@ DESCRIPTIONS = {
     "theta_profile": "theta=auto: the paper's rule of thumb, hpc (c = 2.7e-5), balanced (3.9e-5) or fl (4.9e-5)",
     "tau": "fedavg, diloco: a sync every tau steps (DiLoCo's H)",
     "check_every": ("fda, kamp: steps between two variance checks; `auto` spaces them from how far the last "
-                    "bound was below Θ and how fast it grew since the sync (docs/algorithm.md, "
-                    "\"Adaptive check intervals\")"),
+                    "bound was below Θ and how fast it grew since the sync "
+                    "(docs/algorithm.md, \"Adaptive check intervals\")"),
     "check_margin": "check_every=auto: the share, in (0, 1], of the predicted steps to Θ that the next check waits",
     "check_max_interval": "check_every=auto: the most steps between two checks",
     "check_lag": ("fda, kamp: pipelined checks: the state of step t travels in a non-blocking Allreduce while "
