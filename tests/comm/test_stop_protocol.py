@@ -37,7 +37,7 @@ class _ErrComm:
 
     def _find(self, source, tag):
         for (d, s, t), q in self.net.queues.items():
-            if d == self.rank and t == tag and q and (source in (s, -1)):
+            if d == self.rank and t == tag and q and source in (s, stops_mod.MPI.ANY_SOURCE):
                 return s
         return None
 
@@ -45,7 +45,7 @@ class _ErrComm:
         with self.net.lock:
             s = self._find(source, tag)
         if s is not None and status is not None:
-            status.source = s
+            status.Set_source(s)
         return s is not None
 
     def recv(self, source, tag):
@@ -57,13 +57,6 @@ class _ErrComm:
         return _Done()
 
 
-class _Status:
-    source = -1
-
-    def Get_source(self):
-        return self.source
-
-
 class _Owner:
     def __init__(self, rank, size):
         self.rank, self.size, self.stops, self.failed = rank, size, Stops(), []
@@ -73,9 +66,7 @@ class _Owner:
 
 
 @pytest.fixture(autouse=True)
-def fake_mpi(monkeypatch):
-    monkeypatch.setattr(stops_mod.MPI, "Status", _Status)
-    monkeypatch.setattr(stops_mod.MPI, "ANY_SOURCE", -1)
+def fresh_preemption():
     yield
     preemption.uninstall()
 
@@ -214,3 +205,40 @@ def test_a_rank_that_finished_lets_a_later_round_decide_past_its_end():
     w0.poll()  # rank 0 starts the round and finds rank 1's last word
     assert owners[0].stops.stop_after == 6  # past the run's end: it simply completes
     assert owners[0].stops.after(4) is False
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("seed", [3, 11])
+def test_ranks_stepping_apart_with_no_collective_stop_after_the_same_step(mpi_ctx, seed):
+    """mpiexec -n 2 (or 4) python -m mpi4py -m pytest --with-mpi -m mpi tests/comm/test_stop_protocol.py"""
+    from fda.comm.communicator import Comm
+    world = mpi_ctx.fda_comm
+    comm = Comm(world.comm.Dup())  # a fresh agreement: one round per run
+    comm.watch_failures()
+    rng = random.Random(seed)
+    signalled, at_step, total = rng.randrange(comm.size), rng.randint(3, 30), 200
+    pace = random.Random(seed * 100 + comm.rank).uniform(0.001, 0.02)  # every rank its own speed
+    asked, signal_at, stopped = [], None, None
+    try:
+        for step in range(1, total + 1):
+            comm.set_step(step)
+            time.sleep(pace)
+            if comm.rank == signalled and step == at_step:
+                signal_at = time.monotonic()  # one clock for every process of this machine
+                preemption.request("test")
+            if comm.stop_requested_after(step):
+                stopped = step
+                break
+            asked.append((time.monotonic(), step))
+    finally:
+        preemption.uninstall()
+        comm.stop_watching()
+    everyone = world.allgather_object((stopped, asked, signal_at))
+    comm.comm.Free()
+    t0 = next(s for _, _, s in everyone if s is not None)
+    stops = {s for s, _, _ in everyone}
+    assert len(stops) == 1 and None not in stops, f"seed {seed}: {stops}"
+    (s,) = stops
+    for rank, (_, steps, _) in enumerate(everyone):
+        before = max((k for t, k in steps if t <= t0), default=0)
+        assert s >= before, f"seed {seed}: rank {rank} was past step {before} at the signal, S={s}"
