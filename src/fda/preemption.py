@@ -69,6 +69,11 @@ def abandon(reason: str) -> None:
     _state.abandoned = reason or "the job is being aborted"
 
 
+def abandoned() -> bool:
+    """True once `abandon()` was called: the job is failing."""
+    return bool(_state.abandoned)
+
+
 def what_to_do(count: int, since_first_s: float, abandoned: bool) -> str:
     """For the count-th signal, since_first_s after the first: "stop" (checkpoint at the next step's
     end), "same" (a repeat of that request) or "exit" (now)."""

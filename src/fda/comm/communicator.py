@@ -23,6 +23,7 @@ from fda.comm.library import resolve_gpu_aware
 from fda.comm.pending import PendingAllreduce
 from fda.comm.placement import device_for_local_rank, node_local
 from fda.comm.stalls import Position
+from fda.comm.stops import Stops
 
 _OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
 
@@ -64,6 +65,7 @@ class Comm:
         self._failure_callback: Callable[[int, str], None] | None = None
         self.position = Position(since=time.monotonic())
         self.stall_timeout: float | None = None  # seconds; None: off (set_stall_timeout)
+        self.stops = Stops()
 
     def device_for_rank(self, requested: str = "auto") -> torch.device:
         """Node-local rank -> CUDA device (round robin), or the CPU."""
@@ -195,6 +197,19 @@ class Comm:
         is; the ranks that have not reached that collective are named on every rank, the log is
         marked failed (rank 0's failure callback) and the job is aborted. None: never."""
         self.stall_timeout = seconds
+
+    # ------------------------------------------------------------------- stops
+    def stop_requested_after(self, step: int) -> bool:
+        """Call at the end of every step, on every rank: stop after this step? True on every rank at
+        the same step once any rank got SIGTERM/SIGUSR1 (the stop agreement, `stops`), with no
+        collective on this thread. Once per run, while the ranks agree, it may wait for the decision
+        (a few watcher polls); then each rank runs on to the agreed step. Call `set_step(step)` at the
+        beginning of the step as before."""
+        if self.size == 1:
+            return preemption.requested()
+        if self._watcher is None:
+            raise RuntimeError("stop_requested_after needs the failure watcher: call watch_failures() first")
+        return self.stops.after(step)
 
     # ---------------------------------------------------------------- failures
     def watch_failures(self) -> None:

@@ -6,7 +6,7 @@ aborts the job. A rank that fails itself waits (bounded) for rank 0's acknowledg
 the log says why the job ended. Rank 0 aborts only once every other rank has said it knows of
 the failure (bounded): the SIGTERM Open MPI sends the survivors after MPI_Abort must find them
 abandoned, not promising a checkpoint. `FailureWatcher` is the thread that listens on every rank; it
-also runs the stall protocol (`stalls.StallWatch`).
+also runs the stall protocol (`stalls.StallWatch`) and the stop agreement (`stops.StopWatch`).
 """
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ from mpi4py import MPI
 
 from fda import preemption
 from fda.comm.stalls import StallWatch
+from fda.comm.stops import StopWatch
 
 ERR_TAG = 77
 ACK_TAG = 78
-SEEN_TAG = 83  # stalls.py uses 79-82 on the same communicator
+SEEN_TAG = 83  # stalls.py uses 79-82 on the same communicator, stops.py 84-87
 RECORD_TIMEOUT_S = 10.0  # how long rank 0 may take to mark the log failed before the job is aborted
 SEEN_TIMEOUT_S = 2.0  # how long rank 0 waits for the other ranks to know of the failure before aborting
 
@@ -59,8 +60,15 @@ class FailureWatcher(threading.Thread):
         self._buf = bytearray(1 << 16)
         self._req = self.errcomm.Irecv(self._buf, source=MPI.ANY_SOURCE, tag=ERR_TAG)
         self.stalls = StallWatch(owner, self.errcomm)
+        self.stops = StopWatch(owner, self.errcomm)
 
     def run(self) -> None:
+        try:
+            self._listen()
+        finally:
+            self.owner.stops.give_up()  # no decision can arrive any more: never leave the main thread held
+
+    def _listen(self) -> None:
         status = MPI.Status()
         while not self._halt.is_set():
             if self._req.Test(status):
@@ -69,6 +77,7 @@ class FailureWatcher(threading.Thread):
                 self._handle(status.Get_source(), message)
                 return
             self.stalls.poll()
+            self.stops.poll()
             time.sleep(0.02)
 
     def _handle(self, source: int, message: str) -> None:
@@ -111,6 +120,8 @@ class FailureWatcher(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join(timeout=1.0)
+        if not self.is_alive():
+            self.stops.close()
         if not self._req.Test():
             self._req.Cancel()
             self._req.Wait()

@@ -1,0 +1,164 @@
+"""The stop agreement: a signal on any rank stops every rank after the same step, with no collective
+on the main thread.
+
+Run by the failure watcher thread of every rank (see `failures.FailureWatcher`), next to the stall
+protocol. The main thread asks `Stops.after(step)` at the end of every step; its answer is the same
+on every rank for every step:
+
+1. the watcher of a rank that got SIGTERM/SIGUSR1 (`preemption.requested()`) sends a request to
+   rank 0 (rank 0 itself starts the round); one round per run, repeated requests change nothing;
+2. rank 0 sends HOLD to every rank; each watcher, under the lock the main thread's `after` takes,
+   sets `held` and replies s_k = the next step whose end its main thread has not yet asked about;
+3. a held main thread that asks about step s_k waits (no spin) until the decision arrives, so it
+   cannot begin step s_k + 1 before it;
+4. rank 0 collects every reply (watchers answer also while their main thread is blocked inside a
+   collective: that rank's s_k is at least the collective's step, so the held ranks are released to
+   reach it), sends S = max s_k to every rank, and every rank stops after step S.
+
+Cost: a few watcher polls (about 0.1 s) once, plus the steps the slowest rank is behind the fastest.
+S may lie past the last step of the run (a rank had finished it): then the run simply completes.
+A rank that does not reply within REPLY_TIMEOUT_S (frozen) cannot be decided without: it may be at
+any step. Rank 0 then fails the job through the failure protocol, saying so. A job that is failing
+(`preemption.abandon`) starts no round; its failure path aborts every rank, held or not.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+from mpi4py import MPI
+
+from fda import preemption
+
+REQUEST_TAG, HOLD_TAG, REPLY_TAG, DECIDE_TAG = 84, 85, 86, 87  # 77-83: failures.py and stalls.py
+REPLY_TIMEOUT_S = 60.0  # how long rank 0 waits for every rank's s_k before failing the job
+
+
+class Stops:
+    """One rank's view of the agreement, shared by its main thread and its watcher thread.
+
+    checked: the last step whose end the main thread asked about (0: none); held: a round is on and
+    this rank has replied; stop_after: the decision S (None: none yet)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._decided = threading.Event()
+        self.checked = 0
+        self.held = False
+        self.stop_after: int | None = None
+        self.given_up = False  # the watcher stopped: nothing will be decided any more
+
+    def after(self, step: int) -> bool:
+        """Main thread, at the end of `step`: stop now? Waits while a round is undecided."""
+        while True:
+            with self._lock:
+                if self.stop_after is not None:
+                    # S >= every s_k >= 1: a rank reaches S, asking about each step once, and stops there
+                    return step >= self.stop_after
+                if not self.held or self.given_up:
+                    self.checked = step
+                    return False
+            self._decided.wait()
+
+    def hold(self) -> int:
+        """Watcher, on HOLD: hold the main thread; the step this rank will stop after at the earliest."""
+        with self._lock:
+            self.held = True
+            return self.checked + 1
+
+    def decide(self, stop_after: int) -> None:
+        with self._lock:
+            self.stop_after = stop_after
+        self._decided.set()
+
+    def give_up(self) -> None:
+        """The watcher ends (close, or the job is failing): never leave the main thread waiting."""
+        with self._lock:
+            self.given_up = True
+        self._decided.set()
+
+
+class StopWatch:
+    """One rank's side of the agreement (the module docstring), polled by its watcher thread.
+
+    owner: the rank's `Comm` (rank, size, stops, fail); errcomm: the watcher's private communicator."""
+
+    def __init__(self, owner, errcomm):
+        self.owner, self.errcomm = owner, errcomm
+        self.stops: Stops = owner.stops
+        self._asked = False  # this rank requested (or, rank 0, started) the round
+        self._round_started = False
+        self._replies: dict[int, int] = {}
+        self._deadline = 0.0
+        self._sends: list = []
+
+    def poll(self) -> None:
+        rank = self.owner.rank
+        if not self._asked and preemption.requested() and not preemption.abandoned():
+            self._asked = True
+            if rank == 0:
+                self._start_round()
+            else:
+                self._send(rank, 0, REQUEST_TAG)
+        if rank == 0:
+            self._poll_coordinator()
+        if self.errcomm.iprobe(source=0, tag=HOLD_TAG):
+            self.errcomm.recv(source=0, tag=HOLD_TAG)
+            self._send((rank, self.stops.hold()), 0, REPLY_TAG)
+        if self.errcomm.iprobe(source=0, tag=DECIDE_TAG):
+            self.stops.decide(self.errcomm.recv(source=0, tag=DECIDE_TAG))
+
+    def _send(self, obj, dest: int, tag: int) -> None:
+        self._sends = [r for r in self._sends if not r.Test()]
+        self._sends.append(self.errcomm.isend(obj, dest=dest, tag=tag))
+
+    def _start_round(self) -> None:
+        """Rank 0: hold every rank (itself directly)."""
+        if self._round_started:
+            return
+        self._round_started = True
+        self._replies = {0: self.stops.hold()}
+        self._deadline = time.monotonic() + REPLY_TIMEOUT_S
+        for r in range(1, self.owner.size):
+            self._send(None, r, HOLD_TAG)
+
+    def _poll_coordinator(self) -> None:
+        status = MPI.Status()
+        while self.errcomm.iprobe(source=MPI.ANY_SOURCE, tag=REQUEST_TAG, status=status):
+            self.errcomm.recv(source=status.Get_source(), tag=REQUEST_TAG)
+            if not preemption.abandoned():
+                self._start_round()
+        if not self._round_started or self.stops.stop_after is not None or self._deadline == 0.0:
+            return
+        while self.errcomm.iprobe(source=MPI.ANY_SOURCE, tag=REPLY_TAG, status=status):
+            r, s = self.errcomm.recv(source=status.Get_source(), tag=REPLY_TAG)
+            self._replies[r] = s
+        if len(self._replies) == self.owner.size:
+            self._deadline = 0.0
+            decision = max(self._replies.values())
+            for r in range(1, self.owner.size):
+                self._send(decision, r, DECIDE_TAG)
+            self.stops.decide(decision)
+        elif time.monotonic() > self._deadline:
+            self._deadline = 0.0
+            missing = ", ".join(str(r) for r in range(self.owner.size) if r not in self._replies)
+            self.owner.fail(f"stop agreement: rank(s) {missing} did not answer within "
+                            f"{REPLY_TIMEOUT_S:g} s (frozen?); the ranks cannot agree on a step to stop "
+                            f"after, so the job is aborted without a checkpoint")
+
+    def close(self) -> None:
+        """The watcher thread has stopped (the run is over on this rank). Rank 0 finishes a round in
+        progress (the others may be held); another rank that has no decision yet tells rank 0 the step
+        it would stop after at the earliest (past its last one), so a later round need not wait for it."""
+        if self.owner.rank == 0:
+            while self._round_started and self.stops.stop_after is None and self._deadline:
+                self._poll_coordinator()
+                time.sleep(0.005)
+        elif self.stops.stop_after is None:
+            if self.errcomm.iprobe(source=0, tag=HOLD_TAG):
+                self.errcomm.recv(source=0, tag=HOLD_TAG)
+            self._send((self.owner.rank, self.stops.hold()), 0, REPLY_TAG)
+        deadline = time.monotonic() + 1.0
+        while self._sends and time.monotonic() < deadline:
+            self._sends = [r for r in self._sends if not r.Test()]
+            time.sleep(0.005)
