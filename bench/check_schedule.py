@@ -63,7 +63,7 @@ def figures(steps: dict, attrs: dict) -> dict:
             "var_over_theta_at_sync_max": float(np.max(over[synced])) if synced.any() else float("nan"),
             "steps_above_theta": float(np.mean(over > 1.0)),
             "comm_gb": float(attrs.get("summary_comm_gb", float("nan"))),
-            "final_test_acc": float(attrs.get("final_test_acc", float("nan")))}
+            "final_test_acc": float(attrs.get("summary_final_test_acc", float("nan")))}
 
 
 def main() -> int:

@@ -102,3 +102,21 @@ def test_uncaught_exception_in_a_library_script_ends_the_job(tmp_path):
     assert rc != 0
     assert "RuntimeError: boom in user code" in err
     assert "passed the barrier" not in out
+
+
+def test_a_schedule_that_diverges_on_one_rank_ends_every_rank(tmp_path):
+    """A schedule makes no collective between syncs: the rank that sees the NaN fails alone, and
+    the failure path ends the others."""
+    run = tmp_path / "run"
+    cmd = [str(MPIEXEC), "-n", "2", *TRAIN, "strategy=fedavg", "tau=1000", "max_steps=5000", "fail_mode=nan",
+           "fail_at_step=3", "fail_rank=1", "--out", str(run)]
+    marker = "fda: error on rank 1:"
+    rc, err, _ = _run_until_failure(cmd, marker)
+    assert rc != 0
+    assert "non-finite loss on rank 1 at step 3" in err, err
+    assert "Traceback" not in err
+    with open_log(run) as f:
+        assert f.attrs["status"] == "failed"
+        assert f.attrs["error"].startswith("rank 1: DivergedLocally: non-finite loss on rank 1 at step 3"), \
+            f.attrs["error"]
+        assert len(f["steps"]["step"][()]) < 5000

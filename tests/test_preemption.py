@@ -112,6 +112,31 @@ def test_signals_at_random_steps_then_resume_on_any_layout_is_bit_identical(tmp_
     assert [h["previous_status"] for h in history] == ["interrupted", "interrupted"]
 
 
+@pytest.mark.slow
+def test_a_schedule_stopped_by_a_signal_resumes_bit_identical(tmp_path):
+    """FedAvg makes no collective between its syncs: the stop agreement (fda.comm.stops) still stops
+    every rank after the same step with a checkpoint, and the resumed run (on another layout) ends
+    with the bits of the uninterrupted one."""
+    settings = [*SETTINGS, "strategy=fedavg", "tau=10"]
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    res = run_fda("train", *settings, "--out", reference, n=2)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rng = seeded_random()
+    target = rng.randint(1, STEPS // 3)
+    _interrupt(start_fda("train", *settings, "--out", run, n=2), run, target, signal.SIGTERM, "one rank", rng)
+    res = run_fda("train", "--resume", run, "--no-progress", "workers_per_rank=2", n=1)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got, want = read_log(run), read_log(reference)
+    assert got["attrs"]["status"] == "completed"
+    for group, fields in (("steps", STEP_FIELDS), ("evals", EVAL_FIELDS)):
+        for name in set(fields) - TIMING - {"comm_bytes_mpi", "comm_bytes_eval"}:
+            assert np.array_equal(got[group][name], want[group][name], equal_nan=True), (group, name)
+    steps = want["steps"]
+    talked = steps["exchange_bytes"] > 0
+    assert np.array_equal(np.flatnonzero(talked) + 1, np.arange(25, STEPS + 1, 25)), \
+        "a schedule exchanged its loss at a step without an evaluation"
+
+
 SECOND_SIGNAL_PROBE = """
 import importlib.util, sys, threading
 spec = importlib.util.spec_from_file_location("preemption", sys.argv[1])
@@ -165,37 +190,41 @@ def test_a_second_signal_ends_the_process_at_once_even_when_blocked(tmp_path):
 
 
 @pytest.mark.mpi
-def test_the_flag_of_one_rank_stops_every_rank_at_the_same_step(mpi_ctx):
-    """In-process: rank 1's request rides in the step's Allreduce; no other collective."""
+def test_a_schedule_stops_every_rank_at_the_same_step_without_a_collective(mpi_ctx):
+    """In-process: rank K-1's request reaches every rank through the stop agreement (fda.comm.stops),
+    not through a collective: FedAvg between syncs makes none."""
     import torch
 
     from fda import Synchronizer
 
     model = torch.nn.Linear(4, 2)
-    sync = Synchronizer(model, mpi_ctx, strategy="fedavg", tau=1000)
+    sync = Synchronizer(model, mpi_ctx, strategy="fedavg", tau=100_000, eval_every=100_000)
     collectives = []
-    real = mpi_ctx.fda_comm.allreduce_to_host
+    comm = mpi_ctx.fda_comm
+    real = comm._collective
 
-    def counting(*a, **k):
-        collectives.append(k.get("kind", a[2] if len(a) > 2 else ""))
-        return real(*a, **k)
+    def counting(what, *a, **k):
+        collectives.append(what)
+        return real(what, *a, **k)
 
-    mpi_ctx.fda_comm.allreduce_to_host = counting
+    comm._collective = counting
     try:
-        stopped_at = None
-        for step in range(1, 8):
-            if step == 4 and mpi_ctx.rank == mpi_ctx.world_size - 1:
+        stopped_at, requested_at = None, 4
+        for step in range(1, 50_000):
+            if step == requested_at and mpi_ctx.rank == mpi_ctx.world_size - 1:
                 preemption.request("test")
+            time.sleep(0.001)  # a step's compute: the agreement takes a few of the watcher's polls
             sync.step(0.5)
             if sync.stop_requested:
                 stopped_at = step
                 break
     finally:
-        mpi_ctx.fda_comm.allreduce_to_host = real
+        comm._collective = real
         preemption.uninstall()  # also forgets the request
-    assert stopped_at == 4
-    assert mpi_ctx.fda_comm.allgather_object(stopped_at) == [4] * mpi_ctx.world_size
-    assert len(collectives) == 4  # one state Allreduce per step, the flag included
+    assert collectives == []
+    everyone = comm.allgather_object(stopped_at)
+    assert everyone == [everyone[0]] * mpi_ctx.world_size and everyone[0] >= requested_at, everyone
+    sync.close()
 
 
 def _stopped_run(ctx, out, monkeypatch, where: str, at_step: int = 0):

@@ -97,7 +97,7 @@ def cmd_train(args) -> int:
     from fda import train
     from fda.comm import world_size
     from fda.launch import launch_problem
-    from fda.synchronizer import CollectiveError
+    from fda.synchronizer import CollectiveError, DivergedLocally
 
     if problem := launch_problem(world_size()):  # e.g. srun without --mpi: N separate 1-rank jobs
         return _say_error(problem) or 2
@@ -136,6 +136,9 @@ def cmd_train(args) -> int:
     except CollectiveError as e:
         ctx.fda_comm.stop_watching()
         _say_error(str(e))
+        return 1
+    except DivergedLocally as e:  # a schedule's rank saw it alone: end them all, no traceback
+        ctx.fda_comm.fail(f"{type(e).__name__}: {e}")
         return 1
     except Exception as e:  # one rank failed: end them all, rank 0 marks the log failed
         traceback.print_exc()

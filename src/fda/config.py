@@ -112,11 +112,11 @@ class Config(BaseModel):
     # a rank that does not reach a collective within this many seconds is named and the job ends
     stall_timeout: float | None = Field(None, gt=0)
 
-    # testing aids: on `fail_rank` at step `fail_at_step`, raise an error (fail_mode=raise) or
-    # hang in the data loader (fail_mode=stall)
+    # testing aids: on `fail_rank` at step `fail_at_step`, raise an error (fail_mode=raise),
+    # hang in the data loader (fail_mode=stall) or report a NaN loss (fail_mode=nan)
     fail_at_step: int | None = Field(None, ge=1)
     fail_rank: int = Field(0, ge=0)
-    fail_mode: Literal["raise", "stall"] = "raise"
+    fail_mode: Literal["raise", "stall", "nan"] = "raise"
     # testing aid: every rank sleeps a random 0..step_jitter_ms ms at each step (seeded by seed,
     # rank and step): uneven compute, as on a shared or heterogeneous cluster
     step_jitter_ms: float = Field(0.0, ge=0.0, le=60000.0)

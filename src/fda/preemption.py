@@ -3,11 +3,13 @@
 SLURM sends SIGTERM at the time limit, on `scancel` and on preemption, and a chosen signal
 some time before the limit (`--signal=USR1@180`). After `install()`:
 
-- the first SIGTERM or SIGUSR1 sets a flag on the rank that receives it. `Synchronizer.step`
-  carries the flag in the head of the step's state Allreduce, which runs anyway (no extra
-  collective), so every rank sees at the same step that some rank was signalled, and
-  `fda train` checkpoints that step, closes the log with status=interrupted and exits with
-  RESUMABLE_EXIT;
+- the first SIGTERM or SIGUSR1 sets a flag on the rank that receives it. For a strategy that
+  checks (fda, kamp, fda_opt) `Synchronizer.step` carries the flag in the head of the step's
+  state Allreduce, which runs anyway (no extra collective); a schedule (synchronous, fedavg,
+  diloco, fedopt) makes no collective between syncs and uses the stop agreement of
+  `fda.comm.stops` instead. Either way every rank learns at the same step that some rank was
+  signalled, and `fda train` checkpoints that step, closes the log with status=interrupted and
+  exits with RESUMABLE_EXIT;
 - a second signal within REPEAT_WINDOW_S of the first is the same request: at the time limit
   and on preemption slurmd sends SIGTERM twice, milliseconds apart;
 - a signal after that window, or a third one, ends the process at once (exit 128 + the signal

@@ -103,7 +103,7 @@ DESCRIPTIONS = {
                      "named and the job ends with status=failed; unset, no watch (docs/cluster.md, \"Stalls\")",
     "fail_at_step": "testing aid: the step at which rank `fail_rank` fails",
     "fail_rank": "testing aid: the rank that fails at `fail_at_step`",
-    "fail_mode": "testing aid: raise an error, or stall (hang in the data loader)",
+    "fail_mode": "testing aid: raise an error, stall (hang in the data loader), or nan (a NaN training loss)",
     "step_jitter_ms": ("testing aid: every rank sleeps a random 0..J ms after its local step (seeded by seed, "
                        "rank and step): uneven compute"),
 }

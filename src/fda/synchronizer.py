@@ -26,7 +26,7 @@ from fda.outer import make_outer
 from fda.strategies import make_strategy
 from fda.sync import records
 from fda.sync.accounting import FLOAT_BYTES, Accounting, Stopwatch, synchronous_bytes
-from fda.sync.exchange import StepExchange
+from fda.sync.exchange import DivergedLocally, StepExchange
 from fda.sync.optimizer_state import sync_optimizer_state
 from fda.sync.records import RunRecords
 from fda.sync.reference import GlobalReference
@@ -35,7 +35,7 @@ from fda.sync.setup import (as_list, broadcast_initial_state, check_hosted, chec
 from fda.sync.variants import make_sync_variant, needs_reference
 from fda.version import __version__
 
-__all__ = ["Synchronizer", "InjectedFailure", "CollectiveError", "FLOAT_BYTES", "DEFAULT_EVAL_EVERY"]
+__all__ = ["Synchronizer", "InjectedFailure", "CollectiveError", "DivergedLocally", "FLOAT_BYTES", "DEFAULT_EVAL_EVERY"]
 
 DEFAULT_EVAL_EVERY = 100  # should_evaluate() when neither eval_every, steps_per_epoch nor fda.shard tells
 
@@ -84,6 +84,8 @@ class Synchronizer:
                                       state_op=self.monitor.reduce_op if self.monitor else "sum",
                                       from_reduced=self.monitor.from_reduced if self.monitor else None)
         self._kernel_out = self.monitor.kernel_output(self._workers[0].device) if self.monitor else None
+        # schedules (no monitor) make no collective between syncs: docs/algorithm.md, "Quiet schedules"
+        self._quiet = self.monitor is None
         self._reset_counters()
         # what a resume on another layout relies on, recorded with the run (collective, before the log opens)
         self._sum_order = summation_order(self.world) if log is not None else None
@@ -153,15 +155,9 @@ class Synchronizer:
         """
         times = {"compute": self._clock.lap()}
         step = self._begin_step()
-        check = self.monitor is not None and self.strategy.wants_check(step)
         self._exchange.add_loss(loss)
         var_exact = self._exact_variance() if self.cfg.audit else math.nan
-        self._exchange.start(step=step, state_size=self.monitor.state_size if check else 0,
-                             fill_state=self._local_state if check else None, stop=preemption.requested(),
-                             generation=self.syncs, extra=var_exact)
-        times["monitor"] = self._clock.lap()
-        self._exchange.poke()
-        totals = self._exchange.due(step)
+        totals = self._quiet_exchange(step, times) if self._quiet else self._step_exchange(step, var_exact, times)
         times["comm"] = self._clock.lap()
         mean_state = self._fresh_state(totals)
         bound = self._bound(mean_state)
@@ -176,6 +172,28 @@ class Synchronizer:
             var_exact = totals.extra if mean_state is not None else math.nan
         self._end_step(totals, bound, var_exact, synced, times)
         return synced
+
+    def _step_exchange(self, step: int, var_exact: float, times: dict):
+        """A strategy that checks: every step's loss, flags and (checked steps) state in one buffer;
+        the totals due at this step (check_lag steps after they were sent), or None."""
+        check = self.strategy.wants_check(step)
+        self._exchange.start(step=step, state_size=self.monitor.state_size if check else 0,
+                             fill_state=self._local_state if check else None, stop=preemption.requested(),
+                             generation=self.syncs, extra=var_exact)
+        times["monitor"] = self._clock.lap()
+        self._exchange.poke()
+        return self._exchange.due(step)
+
+    def _quiet_exchange(self, step: int, times: dict):
+        """A schedule: no collective between syncs. A non-finite loss is this rank's failure; the
+        loss is reduced at evaluation steps only (its bytes count as evaluation traffic)."""
+        self._exchange.raise_if_not_finite(step, self.ctx.rank)
+        times["monitor"] = self._clock.lap()
+        if not self.should_evaluate():
+            self._exchange.skip()
+            return None
+        self._exchange.start(step=step, kind="eval")
+        return self._exchange.due(step)
 
     def _begin_step(self) -> int:
         self.step_count += 1
@@ -223,7 +241,10 @@ class Synchronizer:
 
     def _end_step(self, totals, bound: float, var_exact: float, synced: bool, times: dict) -> None:
         self.last_bound, self.last_synced = bound, synced
-        self.stop_requested = totals is not None and totals.stop_requested
+        if self._quiet:  # the stop agreement, on every rank at the end of every step (fda.comm.stops)
+            self.stop_requested = self.world.stop_requested_after(self.step_count)
+        else:
+            self.stop_requested = totals is not None and totals.stop_requested
         loss = totals.mean_loss if totals is not None else math.nan
         if totals is not None:
             self.mean_loss = loss
@@ -390,9 +411,10 @@ class Synchronizer:
         self._exchange.load_state_dict(state.get("exchange", {}))
 
     def worker_state_dict(self, j: int) -> dict:
-        """What the synchronizer keeps for hosted worker j alone (its compression residual), to be
-        checkpointed with that worker's model: it differs from worker to worker."""
-        return self._averaging.worker_state_dict(j)
+        """What the synchronizer keeps for hosted worker j alone (its compression residual, its losses
+        not yet exchanged), to be checkpointed with that worker's model: it differs from worker to worker."""
+        return {**self._averaging.worker_state_dict(j), **self._exchange.worker_state_dict(j)}
 
     def load_worker_state_dict(self, j: int, state: dict) -> None:
         self._averaging.load_worker_state_dict(j, state)
+        self._exchange.load_worker_state_dict(j, state, len(self._workers))

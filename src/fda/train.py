@@ -175,6 +175,8 @@ def _run(cfg: Config, out: Path, ctx: Context, *, resume: bool, overwrite: bool,
             if cfg.lr_schedule != "constant":
                 set_lr(optimizers, local_lr(cfg, step, total_steps))
             losses = [local_step(m, o, ld) for m, o, ld in zip(models, optimizers, loaders)]
+            if cfg.fail_mode == "nan" and cfg.fail_at_step == step and cfg.fail_rank == ctx.rank:
+                losses = [math.nan] * len(losses)  # testing aid: this rank diverges
             if cfg.step_jitter_ms:
                 time.sleep(step_jitter_s(cfg.seed, ctx.rank, step, cfg.step_jitter_ms))
             sync.step(losses)

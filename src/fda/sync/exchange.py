@@ -23,6 +23,10 @@ import torch
 from fda.collectives import CollectiveError
 from fda.flat import pairwise_sum_
 
+class DivergedLocally(RuntimeError):
+    """A rank saw a non-finite loss at a step without an exchange: only that rank knows."""
+
+
 HEAD = 4  # [loss sum, non-finite flag, loss count, stop flag]
 _LOSS, _NONFINITE, _COUNT, _STOP = range(HEAD)
 
@@ -59,8 +63,10 @@ class StepExchange:
         self.state_op = state_op
         self._from_reduced = from_reduced or (lambda reduced, K: reduced / K)
         self._buffers: dict[int, torch.Tensor] = {}  # by state size: no allocation per step
-        self._loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        self._loss_count = 0
+        # per hosted worker, since the last exchange: summed over the workers (pairwise) only when
+        # packed, so the total does not depend on how the workers are spread over the ranks
+        self._loss_sums = torch.zeros(0, dtype=torch.float64, device=device)
+        self._loss_counts = torch.zeros(0, dtype=torch.int64)
         self._in_flight: deque = deque()
         self._completed: deque[StepTotals] = deque()  # restored from a checkpoint
         self.sent = (0, 0)  # (bytes per rank, Allreduce calls) of the exchange started at the last step
@@ -73,20 +79,32 @@ class StepExchange:
         losses = loss_vector(loss, self.device)
         if not losses.numel():
             return
-        self._loss_sum += pairwise_sum_(list(losses))
-        self._loss_count += losses.numel()
+        if losses.numel() != self._loss_sums.numel():
+            self._reshape_losses(losses.numel())
+        self._loss_sums += losses
+        self._loss_counts += 1
+
+    def _reshape_losses(self, n: int) -> None:
+        """A loop that passes another number of losses than before: what was summed so far goes to
+        the first slot."""
+        sums = torch.zeros(n, dtype=torch.float64, device=self.device)
+        counts = torch.zeros(n, dtype=torch.int64)
+        if self._loss_sums.numel():
+            sums[0], counts[0] = pairwise_sum_(list(self._loss_sums)), self._loss_counts.sum()
+        self._loss_sums, self._loss_counts = sums, counts
 
     # ---------------------------------------------------------------- exchange
     def start(self, *, step: int, state_size: int = 0, fill_state=None, stop: bool = False,
-              generation: int = 0, extra: float = math.nan) -> None:
-        """Pack this rank's buffer (`fill_state(out)` writes its monitor state) and start the exchange."""
+              generation: int = 0, extra: float = math.nan, kind: str = "state") -> None:
+        """Pack this rank's buffer (`fill_state(out)` writes its monitor state) and start the exchange
+        (`kind`: what fda.comm counts its bytes as)."""
         packed = self._pack(state_size, fill_state, stop)
         calls, nbytes = 1, packed.numel() * packed.element_size()
         with_state = fill_state is not None
         if self.lag == 0:
-            sum_request = _AtWait(lambda: self.world.allreduce_to_host(packed, "sum", kind="state"))
+            sum_request = _AtWait(lambda: self.world.allreduce_to_host(packed, "sum", kind=kind))
         else:
-            sum_request = self.world.iallreduce_to_host(packed, "sum", kind="state")
+            sum_request = self.world.iallreduce_to_host(packed, "sum", kind=kind)
         state_request = None
         if with_state and self.state_op != "sum":
             state = packed[HEAD:]
@@ -95,6 +113,17 @@ class StepExchange:
                              if self.lag == 0 else self.world.iallreduce_to_host(state, self.state_op, kind="state"))
         self._in_flight.append(_InFlight(step, generation, extra, sum_request, state_request, with_state))
         self.sent = (nbytes, calls)
+
+    def skip(self) -> None:
+        """No exchange at this step (its losses stay for the next one)."""
+        self.sent = (0, 0)
+
+    def raise_if_not_finite(self, step: int, rank: int) -> None:
+        """A non-finite loss on this rank since the last exchange: raise, for the failure path to
+        end every rank (reads the loss on the host: a device sync on a GPU)."""
+        if not bool(torch.isfinite(self._loss_sums).all()):
+            raise DivergedLocally(f"non-finite loss on rank {rank} at step {step} "
+                                  "(diverged: try a smaller lr or check the data)")
 
     def poke(self) -> None:
         """Let MPI progress the exchanges in flight (one MPI_Test each)."""
@@ -145,17 +174,19 @@ class StepExchange:
 
     def _pack(self, state_size: int, fill_state, stop: bool) -> torch.Tensor:
         packed = self._buffer(state_size)
-        finite = torch.isfinite(self._loss_sum)
+        loss_sum = (pairwise_sum_(list(self._loss_sums)) if self._loss_sums.numel()
+                    else torch.zeros((), dtype=torch.float64, device=self.device))
+        finite = torch.isfinite(loss_sum)
         if fill_state is not None:
             state = packed[HEAD:]
             fill_state(state)
             finite = finite & torch.isfinite(state).all()
-        packed[_LOSS] = self._loss_sum
+        packed[_LOSS] = loss_sum
         packed[_NONFINITE] = (~finite).to(torch.float64)
-        packed[_COUNT] = self._loss_count
+        packed[_COUNT] = int(self._loss_counts.sum())
         packed[_STOP] = float(stop)
-        self._loss_sum.zero_()
-        self._loss_count = 0
+        self._loss_sums.zero_()
+        self._loss_counts.zero_()
         return packed
 
     def _buffer(self, state_size: int) -> torch.Tensor:
@@ -170,6 +201,21 @@ class StepExchange:
         """The exchanges in flight, completed (every rank checkpoints at the same step): a resumed
         run takes the same decisions at the same steps."""
         return {"completed": [_totals_dict(t) for t in self.drain()]}
+
+    def worker_state_dict(self, j: int) -> dict:
+        """Hosted worker j's losses not yet exchanged (checkpointed with that worker: a resume on
+        another layout hosts it elsewhere)."""
+        if j >= self._loss_sums.numel():
+            return {}
+        return {"loss_sum": self._loss_sums[j].detach().cpu().clone(), "loss_count": self._loss_counts[j].clone()}
+
+    def load_worker_state_dict(self, j: int, state: dict, workers: int) -> None:
+        if "loss_sum" not in state:
+            return
+        if self._loss_sums.numel() != workers:
+            self._reshape_losses(workers)
+        self._loss_sums[j] = state["loss_sum"].to(self.device)
+        self._loss_counts[j] = state["loss_count"]
 
     def load_state_dict(self, state: dict) -> None:
         self._in_flight.clear()
