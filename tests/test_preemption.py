@@ -208,8 +208,8 @@ def test_a_schedule_stops_every_rank_at_the_same_step_without_a_collective(mpi_c
         return real(what, *a, **k)
 
     comm._collective = counting
+    stopped_at, requested_at, error = None, 4, None
     try:
-        stopped_at, requested_at = None, 4
         for step in range(1, 50_000):
             if step == requested_at and mpi_ctx.rank == mpi_ctx.world_size - 1:
                 preemption.request("test")
@@ -218,13 +218,17 @@ def test_a_schedule_stops_every_rank_at_the_same_step_without_a_collective(mpi_c
             if sync.stop_requested:
                 stopped_at = step
                 break
+    except Exception as e:  # reported after the gather: a rank that raised must not leave the others in it
+        error = repr(e)
     finally:
         comm._collective = real
         preemption.uninstall()  # also forgets the request
-    assert collectives == []
-    everyone = comm.allgather_object(stopped_at)
-    assert everyone == [everyone[0]] * mpi_ctx.world_size and everyone[0] >= requested_at, everyone
+    everyone = comm.allgather_object((stopped_at, collectives, error))
     sync.close()
+    assert all(e is None for _, _, e in everyone), everyone
+    assert all(calls == [] for _, calls, _ in everyone), everyone
+    stops = [at for at, _, _ in everyone]
+    assert stops == [stops[0]] * mpi_ctx.world_size and stops[0] >= requested_at, stops
 
 
 def _stopped_run(ctx, out, monkeypatch, where: str, at_step: int = 0):

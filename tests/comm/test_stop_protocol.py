@@ -203,12 +203,37 @@ def test_a_rank_that_finished_lets_a_later_round_decide_past_its_end():
     w0, w1 = (StopWatch(o, _ErrComm(net, o.rank)) for o in owners)
     for step in range(1, 6):
         owners[1].stops.after(step)
-    w1.close()  # rank 1 ran all 5 steps and closed
+    closing = threading.Thread(target=w1.close)  # rank 1 ran all 5 steps and closes: it waits for goodbye
+    closing.start()
     owners[0].stops.after(3)
     preemption.request()
-    w0.poll()  # rank 0 starts the round and finds rank 1's last word
+    deadline = time.monotonic() + 10
+    while owners[0].stops.stop_after is None and time.monotonic() < deadline:
+        w0.poll()  # rank 0 starts the round and takes rank 1's last word as its answer
+        time.sleep(0.005)
     assert owners[0].stops.stop_after == 6  # past the run's end: it simply completes
     assert owners[0].stops.after(4) is False
+    assert not net.queues.get((1, 0, stops_mod.HOLD_TAG))  # a closed rank is not asked
+    w0.close()
+    closing.join(timeout=10)
+    assert not closing.is_alive(), "rank 1 did not get rank 0's goodbye"
+    assert not any(net.queues.values()), f"messages left unread: {net.queues}"
+
+
+def test_the_closing_handshake_leaves_nothing_unread():
+    net = _Net()
+    owners = [_Owner(r, 3) for r in range(3)]
+    watches = [StopWatch(o, _ErrComm(net, o.rank)) for o in owners]
+    for o in owners:
+        o.stops.after(1)
+    closing = [threading.Thread(target=w.close) for w in watches]
+    for t in closing:
+        t.start()
+    for t in closing:
+        t.join(timeout=15)
+    assert not any(t.is_alive() for t in closing)
+    assert watches[0]._last == {1: 2, 2: 2}
+    assert not any(net.queues.values()), f"messages left unread: {net.queues}"
 
 
 @pytest.mark.mpi

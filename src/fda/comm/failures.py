@@ -23,7 +23,7 @@ from fda.comm.stops import StopWatch
 
 ERR_TAG = 77
 ACK_TAG = 78
-SEEN_TAG = 83  # stalls.py uses 79-82 on the same communicator, stops.py 84-87
+SEEN_TAG = 83  # stalls.py uses 79-82 on the same communicator, stops.py 84-89
 RECORD_TIMEOUT_S = 10.0  # how long rank 0 may take to mark the log failed before the job is aborted
 SEEN_TIMEOUT_S = 2.0  # how long rank 0 waits for the other ranks to know of the failure before aborting
 

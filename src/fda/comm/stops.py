@@ -31,7 +31,9 @@ from mpi4py import MPI
 from fda import preemption
 
 REQUEST_TAG, HOLD_TAG, REPLY_TAG, DECIDE_TAG = 84, 85, 86, 87  # 77-83: failures.py and stalls.py
+LAST_TAG, BYE_TAG = 88, 89  # the closing handshake
 REPLY_TIMEOUT_S = 60.0  # how long rank 0 waits for every rank's s_k before failing the job
+CLOSE_TIMEOUT_S = 10.0  # how long a closing watcher waits for the others' last word, or rank 0's goodbye
 
 
 class Stops:
@@ -91,6 +93,7 @@ class StopWatch:
         self._replies: dict[int, int] = {}
         self._deadline = 0.0
         self._sends: list = []
+        self._last: dict[int, int] = {}  # rank 0: the ranks that have closed, and the step past their last
 
     def poll(self) -> None:
         rank = self.owner.rank
@@ -117,13 +120,19 @@ class StopWatch:
         if self._round_started:
             return
         self._round_started = True
-        self._replies = {0: self.stops.hold()}
+        self._replies = {0: self.stops.hold(), **self._last}
         self._deadline = time.monotonic() + REPLY_TIMEOUT_S
         for r in range(1, self.owner.size):
-            self._send(None, r, HOLD_TAG)
+            if r not in self._last:
+                self._send(None, r, HOLD_TAG)
 
     def _poll_coordinator(self) -> None:
         status = MPI.Status()
+        while self.errcomm.iprobe(source=MPI.ANY_SOURCE, tag=LAST_TAG, status=status):
+            r, s = self.errcomm.recv(source=status.Get_source(), tag=LAST_TAG)
+            self._last[r] = s
+            if self._round_started:
+                self._replies.setdefault(r, s)
         while self.errcomm.iprobe(source=MPI.ANY_SOURCE, tag=REQUEST_TAG, status=status):
             self.errcomm.recv(source=status.Get_source(), tag=REQUEST_TAG)
             if not preemption.abandoned():
@@ -147,18 +156,45 @@ class StopWatch:
                             f"after, so the job is aborted without a checkpoint")
 
     def close(self) -> None:
-        """The watcher thread has stopped (the run is over on this rank). Rank 0 finishes a round in
-        progress (the others may be held); another rank that has no decision yet tells rank 0 the step
-        it would stop after at the earliest (past its last one), so a later round need not wait for it."""
+        """The watcher thread has stopped (the run is over on this rank). A closing handshake leaves no
+        message unread on the communicator (an MPI may trip over one when it is freed): every other
+        rank sends rank 0 its last word, the step past its last one (so a round in progress, or a later
+        one, need not wait for it), and waits for rank 0's goodbye, reading what rank 0 still sends;
+        rank 0 finishes a round in progress, then says goodbye once it has every last word."""
         if self.owner.rank == 0:
-            while self._round_started and self.stops.stop_after is None and self._deadline:
-                self._poll_coordinator()
-                time.sleep(0.005)
-        elif self.stops.stop_after is None:
-            if self.errcomm.iprobe(source=0, tag=HOLD_TAG):
-                self.errcomm.recv(source=0, tag=HOLD_TAG)
-            self._send((self.owner.rank, self.stops.hold()), 0, REPLY_TAG)
+            self._close_coordinator()
+        else:
+            self._close_member()
         deadline = time.monotonic() + 1.0
         while self._sends and time.monotonic() < deadline:
             self._sends = [r for r in self._sends if not r.Test()]
             time.sleep(0.005)
+
+    def _close_coordinator(self) -> None:
+        deadline = time.monotonic() + CLOSE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            self._poll_coordinator()
+            round_open = self._round_started and self.stops.stop_after is None and self._deadline
+            if len(self._last) == self.owner.size - 1 and not round_open:
+                break
+            time.sleep(0.005)
+        for r in self._last:
+            self._send(None, r, BYE_TAG)
+
+    def _close_member(self) -> None:
+        self._send((self.owner.rank, self.stops.checked + 1), 0, LAST_TAG)
+        deadline = time.monotonic() + CLOSE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            self._read_from_coordinator()
+            if self.errcomm.iprobe(source=0, tag=BYE_TAG):
+                self.errcomm.recv(source=0, tag=BYE_TAG)
+                self._read_from_coordinator()
+                return
+            time.sleep(0.005)
+
+    def _read_from_coordinator(self) -> None:
+        """A closed rank: what rank 0 sent before it knew (a hold needs no answer: the last word is one)."""
+        while self.errcomm.iprobe(source=0, tag=HOLD_TAG):
+            self.errcomm.recv(source=0, tag=HOLD_TAG)
+        while self.errcomm.iprobe(source=0, tag=DECIDE_TAG):
+            self.stops.decide(self.errcomm.recv(source=0, tag=DECIDE_TAG))
