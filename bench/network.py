@@ -17,15 +17,16 @@ model, each after a Barrier, the slowest rank's time, the median of the repetiti
 
 Results: bench/results/network.md (+ network.json).
 
-    .venv/bin/python bench/network.py --algorithms   # 2 and 4 ranks, each MPICH algorithm, about a minute
+    .venv/bin/python bench/network.py --algorithms   # 2 and 4 ranks, each MPICH algorithm, about 4 minutes
 
 checks the per-algorithm model (`fda.netmodel.allreduce_cost`) with the exact messages the runs
 send: the step exchanges (float64: 32 B head only, 40 B Naive or Kamp, 48 B Linear, 10,040 B
 Sketch, Kamp's second 8 B call) and the syncs (float32: charlm, LeNet-5). On one node MPICH
 would reduce through shared memory with its own node-local algorithm; MPIR_CVAR_DEVICE_COLLECTIVES=none
 sends the call to the algorithms MPICH uses between nodes instead, and MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM
-forces one of them. One `mpiexec -n P` job per P and mode: each forced algorithm (blocking
-MPI_Allreduce), MPICH's own choice (blocking), and MPICH's own choice for MPI_Iallreduce + Wait.
+forces one of them. Per P, --rounds (3) rounds of one `mpiexec -n P` job per mode: each forced
+algorithm (blocking MPI_Allreduce), MPICH's own choice (blocking), and MPICH's own choice for
+MPI_Iallreduce + Wait; per message the smallest of the rounds' medians is kept.
 alpha and B are fitted to the forced algorithms' points at P <= cores (rounds x alpha + bytes on
 the critical path / B, per algorithm), then every point, and MPICH's own choice, is compared with
 the model's price of the algorithm the model says MPICH takes.
@@ -82,7 +83,9 @@ FORCED = ("recursive_doubling", "reduce_scatter_allgather", "ring")
 MPICH_CHOICES = FORCED[:2]  # what MPICH selects between (the ring only when forced)
 
 
-def reps_for(n_bytes: int) -> int:
+def reps_for(n_bytes: int, exact: bool = False) -> int:
+    if exact:  # --algorithms: several jobs per point instead
+        return 200 if n_bytes <= 16_384 else 60
     return 400 if n_bytes <= 16_384 else 100 if n_bytes <= 1 << 20 else 25
 
 
@@ -95,7 +98,7 @@ def worker(result: Path, exact: bool = False, nonblocking: bool = False) -> None
     for n_bytes, (dtype, _) in sizes.items():
         buf = np.ones(max(1, n_bytes // np.dtype(dtype).itemsize), dtype=dtype)
         samples = []
-        for i in range(reps_for(n_bytes) + 5):
+        for i in range(reps_for(n_bytes, exact) + 5):
             comm.Barrier()
             t = time.perf_counter()
             if nonblocking:
@@ -215,7 +218,8 @@ def algorithms_markdown(results: dict[str, list[dict]], command: str, wall: floa
         f"- Commit: {commit()}",
         f"- Command: `{command}` ({wall:.0f} s)",
         "- Each point: `comm.Allreduce(IN_PLACE, buf)` (or `Iallreduce(...).Wait()`) after a Barrier, the "
-        "slowest rank's time, median of 100-400 repetitions; one `mpiexec -n P` job per P and mode, all with "
+        "slowest rank's time, median of 60-200 repetitions; per P and mode the smallest median of "
+        f"{len(first.get('jobs_median_s', [0]))} `mpiexec -n P` jobs, the modes interleaved, all with "
         "`MPIR_CVAR_DEVICE_COLLECTIVES=none` (MPICH's algorithms between nodes, not its node-local one); "
         "forced ones with `MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM`.", "",
         "## Fitted on recursive doubling and reduce-scatter + allgather, forced"
@@ -270,6 +274,14 @@ def algorithms_markdown(results: dict[str, list[dict]], command: str, wall: floa
     return "\n".join(lines) + "\n"
 
 
+def least_disturbed(results: list[dict]) -> dict:
+    """Several jobs' medians of one P and mode: per message the smallest (load from other work only
+    adds time), with every job's medians kept."""
+    sizes = results[0]["median_s"]
+    return {**results[0], "median_s": {n: min(r["median_s"][n] for r in results) for n in sizes},
+            "jobs_median_s": [r["median_s"] for r in results]}
+
+
 def measure(ranks: int, out: Path, env: dict, flags: list[str]) -> dict | None:
     """One `mpiexec -n ranks` job of the worker; its result, or None (the job's output printed)."""
     mpiexec = Path(sys.executable).parent / "mpiexec"
@@ -290,6 +302,7 @@ def main(argv=None) -> int:
     p.add_argument("--ranks", default="2,4")
     p.add_argument("--results", default=str(ROOT / "bench/results"))
     p.add_argument("--algorithms", action="store_true", help="each MPICH algorithm with the runs' exact messages")
+    p.add_argument("--rounds", type=int, default=3, help="--algorithms: jobs per P and mode (the least disturbed kept)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--exact", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--nonblocking", action="store_true", help=argparse.SUPPRESS)
@@ -305,11 +318,15 @@ def main(argv=None) -> int:
     if args.algorithms:
         by_mode: dict[str, list[dict]] = {m: [] for m in MODES}
         for ranks in ranks_list:
-            for mode, (env, nonblocking) in MODES.items():
-                result = measure(ranks, out, env, ["--exact"] + (["--nonblocking"] if nonblocking else []))
-                if result is None:
-                    return 1
-                by_mode[mode].append(result)
+            runs: dict[str, list[dict]] = {m: [] for m in MODES}
+            for _ in range(args.rounds):  # modes interleaved, so a burst of load hits one round of each
+                for mode, (env, nonblocking) in MODES.items():
+                    result = measure(ranks, out, env, ["--exact"] + (["--nonblocking"] if nonblocking else []))
+                    if result is None:
+                        return 1
+                    runs[mode].append(result)
+            for mode, results in runs.items():
+                by_mode[mode].append(least_disturbed(results))
             print(f"network: {ranks} ranks measured", flush=True)
         md = algorithms_markdown(by_mode, command, time.perf_counter() - t0)
         (out / "network-algorithms.md").write_text(md)
