@@ -106,6 +106,14 @@ def _format_time(seconds: float) -> str:
     return f"{seconds / 1e-9:g} ns"
 
 
+def _brief_time(seconds: float) -> str:
+    """Three significant digits in a readable unit."""
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if abs(seconds) >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return "0 s" if seconds == 0 else f"{seconds / 1e-9:.3g} ns"
+
+
 def _unit_scale(unit: str, units: dict[str, float], case_free: dict[str, float]) -> float | None:
     """Exact unit names first (B/s is bytes, b is never guessed), then bit and time units in any case."""
     if unit in units:
@@ -291,7 +299,7 @@ class Message:
         sizes = " + ".join(f"{s:,.0f} B" for s in self.sizes)
         how = " + ".join(f"{c.algorithm} ({c.rounds} rounds)" for c in self.costs)
         lag = f", waited {self.lag} steps later" if self.lag else ""
-        return f"{self.kind} {sizes}{lag}: {how}, {_format_time(self.seconds)} each, x {self.count:,}"
+        return f"{self.kind} {sizes}{lag}: {how}, {_brief_time(self.seconds)} each, x {self.count:,}"
 
 
 @dataclass(frozen=True)
@@ -304,8 +312,8 @@ class ModelledTime:
     messages: tuple[Message, ...]
 
     def describe(self) -> list[str]:
-        return [f"modelled {_format_time(self.total)}: compute {_format_time(self.compute)}, "
-                f"exchange waits {_format_time(self.exchange_wait)}, syncs {_format_time(self.sync)}"] + \
+        return [f"modelled {_brief_time(self.total)}: compute {_brief_time(self.compute)}, "
+                f"exchange waits {_brief_time(self.exchange_wait)}, syncs {_brief_time(self.sync)}"] + \
             [m.describe() for m in self.messages]
 
 
@@ -369,8 +377,8 @@ def model_run(steps: dict, attrs: dict, target_step: int | None, net: Network) -
     compute = rows.size * t.step_compute + float(np.sum(t.monitor[rows]))
     total = _replay(t.step[rows], t.step_compute, t.monitor[rows], exchange, t.exchange_lag[rows], sync)
     sync_total = float(np.sum(sync))
-    return ModelledTime(total=total, compute=compute, exchange_wait=total - compute - sync_total, sync=sync_total,
-                        messages=tuple(exchange_kinds + sync_kinds))
+    return ModelledTime(total=total, compute=compute, exchange_wait=max(0.0, total - compute - sync_total),
+                        sync=sync_total, messages=tuple(exchange_kinds + sync_kinds))
 
 
 def modelled_time_to_target(steps: dict, attrs: dict, target_step: int | None, net: Network) -> float | None:
