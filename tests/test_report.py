@@ -241,14 +241,21 @@ def test_network_columns_hold_the_modelled_time_to_target(runs, tmp_path, capsys
     with h5py.File(runs / "sync" / "metrics.h5", "r") as f:
         d = int(f.attrs["num_params"])
     # K = 2 workers (1 per rank), no checks: steps * median compute + the kernel time logged up to the
-    # target + one ring Allreduce of 4d bytes per step
-    ring = 2 * 1 / 2 * 4 * d / 12.5e6 + 2 * 1 * 0.02
-    monitor = float(np.sum(sync_steps["time_monitor"][sync_steps["step"] <= steps]))
-    expected = steps * float(np.median(sync_steps["time_compute"])) + monitor + steps * ring
+    # target + each blocking step exchange the log records and one sync of 4d bytes per step; both
+    # over 8 bytes: MPICH's reduce-scatter + allgather, at P = 2 two latencies and the bytes once
+    upto = sync_steps["step"] <= steps
+    assert not sync_steps["exchange_lag"][upto].any()
+    exchanged = sync_steps["exchange_bytes"][upto].astype(float)
+    exchanges = float(np.sum((exchanged > 0) * (2 * 0.02 + exchanged / 12.5e6)))
+    sync = 2 * 0.02 + 4 * d / 12.5e6
+    monitor = float(np.sum(sync_steps["time_monitor"][upto]))
+    expected = steps * float(np.median(sync_steps["time_compute"])) + monitor + exchanges + steps * sync
     assert float(rows["sync"]["modelled_time_to_target_s_wan"]) == pytest.approx(expected, rel=1e-9)
     assert float(rows["fda"]["modelled_time_to_target_s_1Gbit_s_2ms"]) > 0 or rows["fda"]["steps_to_target"] == ""
     md = (out / "report.md").read_text()
     assert "time to target, wan (modelled) s" in md and "wan: 100 Mbit/s, latency 20 ms" in md
+    # which algorithm each message got: the synchronous run's syncs of 4d bytes
+    assert f"sync {4 * d:,} B: reduce_scatter_allgather (2 rounds)" in md
     assert "time to target, wan (modelled) s" in capsys.readouterr().out
 
 

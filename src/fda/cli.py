@@ -37,9 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("runs", nargs="+", help="run directories or their metrics.h5")
     r.add_argument("--target-acc", type=float, default=None, help="accuracy to reach (default: from the runs)")
     r.add_argument("--out", default=None, help="where to write plots and tables (default: report/)")
-    r.add_argument("--network", action="append", metavar="NAME|BANDWIDTH,LATENCY",
+    r.add_argument("--network", action="append", metavar="NAME|BANDWIDTH,LATENCY[:ALGORITHM]",
                    help="add a modelled time-to-target column for this network: datacenter (100 Gbit/s, 5 us), "
-                        "ethernet (10 Gbit/s, 50 us), wan (100 Mbit/s, 20 ms) or e.g. 1Gbit/s,2ms; repeatable")
+                        "ethernet (10 Gbit/s, 50 us), wan (100 Mbit/s, 20 ms) or e.g. 1Gbit/s,2ms; each Allreduce "
+                        "priced by the algorithm MPICH selects, or by one forced with :ring, :recursive_doubling, "
+                        ":reduce_scatter_allgather; repeatable")
 
     d = sub.add_parser("data", help="dataset tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
