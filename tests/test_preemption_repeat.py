@@ -1,6 +1,7 @@
 """Signals as SLURM sends them: slurmd's double SIGTERM is one stop request; a person who insists
 still ends the process at once, and then it leaves no MPI shared-memory segment behind."""
 import os
+import re
 import select
 import signal
 import subprocess
@@ -23,11 +24,11 @@ if mode == "mpi":
     from mpi4py import MPI
     MPI.COMM_WORLD.Barrier()
     with open("/proc/self/maps") as f:
-        print("maps", *preemption.mapped_mpi_shm_files(f.read()), flush=True)
+        print("<maps", *preemption.mapped_mpi_shm_files(f.read()), "maps>", flush=True)
 if mode == "abandoned":
     preemption.abandon("rank 1 failed")
 preemption.install("probe")
-print("ready", flush=True)
+print("<ready>", flush=True)
 lock = threading.Lock()
 lock.acquire()
 lock.acquire()  # blocked for good, as a rank in a collective whose peers never come
@@ -80,7 +81,7 @@ def _first_lines(stream, n: int, timeout_s: float = 20.0) -> list[str]:
 def test_slurmds_double_sigterm_is_one_request_and_a_third_signal_ends_it():
     probe = _start("plain")
     try:
-        assert probe.stdout.readline().strip() == "ready"
+        assert probe.stdout.readline().strip() == "<ready>"
         probe.send_signal(signal.SIGTERM)
         time.sleep(0.01)
         probe.send_signal(signal.SIGTERM)
@@ -100,7 +101,7 @@ def test_slurmds_double_sigterm_is_one_request_and_a_third_signal_ends_it():
 def test_a_signal_after_abandon_exits_without_promising_a_checkpoint():
     probe = _start("abandoned")
     try:
-        assert probe.stdout.readline().strip() == "ready"
+        assert probe.stdout.readline().strip() == "<ready>"
         probe.send_signal(signal.SIGTERM)
         _, err = probe.communicate(timeout=20)
     finally:
@@ -117,17 +118,19 @@ def test_the_immediate_exit_leaves_no_mpi_shared_memory_behind():
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0, env=child_env(),
                            start_new_session=True)
     try:
-        lines = []  # each rank's "maps ..." and "ready", among whatever else the launcher prints
+        # each rank's "<maps ... maps>" and "<ready>": markers, not lines, since a launcher may
+        # interleave the ranks' output in the middle of a line (Open MPI's mpirun does)
+        out = ""
         deadline = time.monotonic() + 120
-        while sum(line == ["ready"] for line in lines) < 2 and time.monotonic() < deadline:
+        while out.count("<ready>") < 2 and time.monotonic() < deadline:
             if not select.select([job.stdout], [], [], 1.0)[0]:
                 continue
-            line = job.stdout.readline()  # unbuffered: select sees every line
-            if not line:
+            chunk = os.read(job.stdout.fileno(), 65536)
+            if not chunk:
                 break
-            lines.append(line.decode().split())
-        mapped = sorted({p for line in lines if line and line[0] == "maps" for p in line[1:]})
-        assert sum(line == ["ready"] for line in lines) == 2, (lines, job.poll())
+            out += chunk.decode()
+        mapped = sorted(set(re.findall(r"/dev/shm/[^\s<>]+", out)))
+        assert out.count("<ready>") == 2, (out, job.poll())
         for sig in (signal.SIGUSR1, signal.SIGUSR1):
             job.send_signal(sig)
             time.sleep(preemption.REPEAT_WINDOW_S + 0.5)
