@@ -205,6 +205,9 @@ def test_a_rank_that_finished_lets_a_later_round_decide_past_its_end():
         owners[1].stops.after(step)
     closing = threading.Thread(target=w1.close)  # rank 1 ran all 5 steps and closes: it waits for goodbye
     closing.start()
+    deadline = time.monotonic() + 10
+    while not net.queues.get((0, 1, stops_mod.LAST_TAG)) and time.monotonic() < deadline:
+        time.sleep(0.001)  # rank 1's last word is on its way before rank 0 is signalled
     owners[0].stops.after(3)
     preemption.request()
     deadline = time.monotonic() + 10

@@ -97,6 +97,8 @@ class StopWatch:
 
     def poll(self) -> None:
         rank = self.owner.rank
+        if rank == 0:
+            self._read_last_words()  # before a round starts: a rank that has closed is not asked
         if not self._asked and preemption.requested() and not preemption.abandoned():
             self._asked = True
             if rank == 0:
@@ -126,13 +128,17 @@ class StopWatch:
             if r not in self._last:
                 self._send(None, r, HOLD_TAG)
 
-    def _poll_coordinator(self) -> None:
+    def _read_last_words(self) -> None:
         status = MPI.Status()
         while self.errcomm.iprobe(source=MPI.ANY_SOURCE, tag=LAST_TAG, status=status):
             r, s = self.errcomm.recv(source=status.Get_source(), tag=LAST_TAG)
             self._last[r] = s
             if self._round_started:
                 self._replies.setdefault(r, s)
+
+    def _poll_coordinator(self) -> None:
+        status = MPI.Status()
+        self._read_last_words()
         while self.errcomm.iprobe(source=MPI.ANY_SOURCE, tag=REQUEST_TAG, status=status):
             self.errcomm.recv(source=status.Get_source(), tag=REQUEST_TAG)
             if not preemption.abandoned():
