@@ -16,8 +16,8 @@ the exit. From the run directory it then reads:
                the last barrier: fda's part is done)
   exit         seconds from the signal until mpiexec returned (MPI finalized, the Python
                interpreters torn down: on a loaded machine most of the time goes there)
-The run stops after the step in flight, or after the next one when the signal came after that
-step's Allreduce (the flag rides in the next). Results: bench/results/preemption.md.
+The run stops after the step the ranks agree on (fda.comm.stops): the step in flight on the
+rank furthest ahead when rank 0 asks. Results: bench/results/preemption.md.
 """
 from __future__ import annotations
 

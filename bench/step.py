@@ -7,8 +7,8 @@ of the same bytes in the same MPI job, and FDA's step time against a run with no
 
 Each (model, ranks) is ONE `mpiexec -n P` job that trains short runs on Fashion-MNIST with
 the same context (threads=1 per rank, no evaluation; nocomm and fda twice, interleaved):
-  nocomm       strategy=fedavg with tau > max_steps: never syncs. The Synchronizer still
-               Allreduces 4 float64 (loss, health flag, count, stop flag) per step; that is the floor.
+  nocomm       strategy=fedavg with tau > max_steps: never syncs, and makes no collective
+               between syncs (the loss is reduced at evaluations only); that is the floor.
   fda          strategy=fda monitor=sketch (LeNet-5 theta=0.5; VGG16* theta=auto)
   synchronous  a full-model Allreduce every step
 The split is read from the HDF5 step arrays (time_compute, time_monitor, time_comm):

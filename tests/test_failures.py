@@ -104,11 +104,14 @@ def test_uncaught_exception_in_a_library_script_ends_the_job(tmp_path):
     assert "passed the barrier" not in out
 
 
-def test_a_schedule_that_diverges_on_one_rank_ends_every_rank(tmp_path):
-    """A schedule makes no collective between syncs: the rank that sees the NaN fails alone, and
-    the failure path ends the others."""
+@pytest.mark.parametrize("strategy", [["strategy=fedavg", "tau=1000"],
+                                      ["strategy=fda", "monitor=linear", "theta=1e9", "check_every=1000"]],
+                         ids=["fedavg", "fda-between-checks"])
+def test_a_quiet_step_that_diverges_on_one_rank_ends_every_rank(tmp_path, strategy):
+    """A step without a sync or a check makes no collective: the rank that sees the NaN fails alone,
+    and the failure path ends the others."""
     run = tmp_path / "run"
-    cmd = [str(MPIEXEC), "-n", "2", *TRAIN, "strategy=fedavg", "tau=1000", "max_steps=5000", "fail_mode=nan",
+    cmd = [str(MPIEXEC), "-n", "2", *TRAIN, *strategy, "max_steps=5000", "fail_mode=nan",
            "fail_at_step=3", "fail_rank=1", "--out", str(run)]
     marker = "fda: error on rank 1:"
     rc, err, _ = _run_until_failure(cmd, marker)

@@ -190,15 +190,20 @@ def test_a_second_signal_ends_the_process_at_once_even_when_blocked(tmp_path):
 
 
 @pytest.mark.mpi
-def test_a_schedule_stops_every_rank_at_the_same_step_without_a_collective(mpi_ctx):
+@pytest.mark.parametrize("settings, talks", [
+    ({"strategy": "fedavg", "tau": 100_000}, False),  # no collective between syncs
+    ({"strategy": "fda", "monitor": "linear", "theta": 1e9, "check_every": 100_000}, False),  # nor between checks
+    ({"strategy": "fda", "monitor": "linear", "theta": 1e9}, True),  # a check at every step
+], ids=["fedavg", "fda-rare-checks", "fda-every-step"])
+def test_a_stop_reaches_every_rank_at_the_same_step_without_a_collective(mpi_ctx, settings, talks):
     """In-process: rank K-1's request reaches every rank through the stop agreement (fda.comm.stops),
-    not through a collective: FedAvg between syncs makes none."""
+    not through a collective, whether the steps make one (FDA checking every step) or not."""
     import torch
 
     from fda import Synchronizer
 
     model = torch.nn.Linear(4, 2)
-    sync = Synchronizer(model, mpi_ctx, strategy="fedavg", tau=100_000, eval_every=100_000)
+    sync = Synchronizer(model, mpi_ctx, eval_every=100_000, **settings)
     collectives = []
     comm = mpi_ctx.fda_comm
     real = comm._collective
@@ -226,9 +231,10 @@ def test_a_schedule_stops_every_rank_at_the_same_step_without_a_collective(mpi_c
     everyone = comm.allgather_object((stopped_at, collectives, error))
     sync.close()
     assert all(e is None for _, _, e in everyone), everyone
-    assert all(calls == [] for _, calls, _ in everyone), everyone
     stops = [at for at, _, _ in everyone]
     assert stops == [stops[0]] * mpi_ctx.world_size and stops[0] >= requested_at, stops
+    expected = ["state Allreduce"] * stops[0] if talks else []
+    assert all(calls == expected for _, calls, _ in everyone), everyone
 
 
 def _stopped_run(ctx, out, monkeypatch, where: str, at_step: int = 0):
@@ -237,8 +243,9 @@ def _stopped_run(ctx, out, monkeypatch, where: str, at_step: int = 0):
     from fda import checkpoint, train
     from fda.config import make_config
 
-    cfg = make_config({"dataset": "synthetic", "model": "mlp", "max_steps": 30, "eval_every": 5,
-                       "checkpoint_every": 10, "threads": 1})
+    # the ranks agree on the step while they run on: slow steps (the jitter aid) keep the end far off
+    cfg = make_config({"dataset": "synthetic", "model": "mlp", "max_steps": 300, "eval_every": 5,
+                       "checkpoint_every": 10, "threads": 1, "step_jitter_ms": 20})
     if ctx.rank == 0:
         if where == "before the first step":
             monkeypatch.setattr(preemption, "install", lambda label: preemption.request("test"))
@@ -256,18 +263,21 @@ def _stopped_run(ctx, out, monkeypatch, where: str, at_step: int = 0):
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("where,at_step,stops_after", [
+@pytest.mark.parametrize("where,at_step,earliest", [
     ("before the first step", 0, 1), ("evaluation", 15, 16), ("checkpoint", 20, 21),
 ])
-def test_a_signal_anywhere_ends_in_a_resumable_state(mpi_ctx, shared_dir, monkeypatch, where, at_step, stops_after):
+def test_a_signal_anywhere_ends_in_a_resumable_state(mpi_ctx, shared_dir, monkeypatch, where, at_step, earliest):
+    """Every rank stops after the same step: the next one at the earliest (the step in flight, or
+    its evaluation or checkpoint, finishes), or a later one the ranks reached while agreeing."""
     out = shared_dir / "run"
     summary = _stopped_run(mpi_ctx, out, monkeypatch, where, at_step)
-    assert summary.get("interrupted") and summary["steps"] == stops_after  # the same on every rank
-    assert mpi_ctx.fda_comm.allgather_object(summary["steps"]) == [stops_after] * mpi_ctx.world_size
+    stopped = summary["steps"]
+    assert summary.get("interrupted") and stopped >= earliest
+    assert mpi_ctx.fda_comm.allgather_object(stopped) == [stopped] * mpi_ctx.world_size
     if mpi_ctx.rank == 0:
         log = read_log(out)
-        assert log["attrs"]["status"] == "interrupted" and log["attrs"]["stopped_at_step"] == stops_after
-        assert int((out / "checkpoints" / "LATEST").read_text()) == stops_after
+        assert log["attrs"]["status"] == "interrupted" and log["attrs"]["stopped_at_step"] == stopped
+        assert int((out / "checkpoints" / "LATEST").read_text()) == stopped
         assert_consistent_rows(log)
-        assert list(log["evals"]["step"]) == list(range(5, stops_after + 1, 5))  # the evaluation finished
+        assert list(log["evals"]["step"]) == list(range(5, stopped + 1, 5))  # the evaluation finished
     assert not preemption.requested()  # train.run leaves no handler and no request behind

@@ -80,18 +80,19 @@ def test_the_step_protocol_is_fda(ctx):
     sync.close()
 
 
-@pytest.mark.parametrize("strategy, monitor, floats_per_step", [
-    ("fedavg", "naive", 0),     # a schedule: nothing between syncs
-    ("fda", "naive", 4 + 1),    # the head and one state value, in ONE Allreduce
-    ("kamp", "naive", 4 + 1 + 1),  # ... and Kamp's MAX of the state: a second Allreduce
+@pytest.mark.parametrize("strategy, monitor, check_every, floats_sent", [
+    ("fedavg", "naive", 1, 0),                # a schedule: nothing between syncs
+    ("fda", "naive", 1, 6 * (3 + 1)),         # every step: the head and one state value, in ONE Allreduce
+    ("kamp", "naive", 1, 6 * (3 + 1 + 1)),    # ... and Kamp's MAX of the state: a second Allreduce
+    ("fda", "naive", 3, 2 * (3 + 1)),         # steps 3 and 6 only: the steps between make no collective
 ])
-def test_what_each_step_sends(ctx, strategy, monitor, floats_per_step):
+def test_what_each_step_sends(ctx, strategy, monitor, check_every, floats_sent):
     sync = fda.Synchronizer(_models(), ctx, strategy=strategy, monitor=monitor, theta=1e9, tau=1000,
-                            workers_per_rank=K)
-    for _ in range(3):
+                            check_every=check_every, workers_per_rank=K)
+    for _ in range(6):
         sync.step(0.5)
     # allreduce_to_host counts 2 x bytes x ranks (one rank here), float64 values
-    assert sync.mpi_bytes("state") == 3 * 2 * 8 * floats_per_step
+    assert sync.mpi_bytes("state") == 2 * 8 * floats_sent
     assert sync.syncs == 0 and sync.mpi_bytes("sync") == 0
     sync.close()
 

@@ -62,6 +62,7 @@ class Synchronizer:
                  **settings):
         self.cfg = cfg = merge_settings(config, strategy, settings)
         self.ctx, self.world, self.K = ctx, ctx.fda_comm, ctx.workers
+        self.world.begin_run()
         models, self.optimizers = as_list(model), as_list(optimizer)
         check_hosted(cfg, ctx, models, self.optimizers)
         check_compression(cfg.sync_compression, self.K)
@@ -84,8 +85,6 @@ class Synchronizer:
                                       state_op=self.monitor.reduce_op if self.monitor else "sum",
                                       from_reduced=self.monitor.from_reduced if self.monitor else None)
         self._kernel_out = self.monitor.kernel_output(self._workers[0].device) if self.monitor else None
-        # schedules (no monitor) make no collective between syncs: docs/algorithm.md, "Quiet schedules"
-        self._quiet = self.monitor is None
         self._reset_counters()
         # what a resume on another layout relies on, recorded with the run (collective, before the log opens)
         self._sum_order = summation_order(self.world) if log is not None else None
@@ -157,7 +156,7 @@ class Synchronizer:
         step = self._begin_step()
         self._exchange.add_loss(loss)
         var_exact = self._exact_variance() if self.cfg.audit else math.nan
-        totals = self._quiet_exchange(step, times) if self._quiet else self._step_exchange(step, var_exact, times)
+        totals = self._exchange_for(step, var_exact, times)
         times["comm"] = self._clock.lap()
         mean_state = self._fresh_state(totals)
         bound = self._bound(mean_state)
@@ -173,26 +172,22 @@ class Synchronizer:
         self._end_step(totals, bound, var_exact, synced, times)
         return synced
 
-    def _step_exchange(self, step: int, var_exact: float, times: dict):
-        """A strategy that checks: every step's loss, flags and (checked steps) state in one buffer;
-        the totals due at this step (check_lag steps after they were sent), or None."""
-        check = self.strategy.wants_check(step)
-        self._exchange.start(step=step, state_size=self.monitor.state_size if check else 0,
-                             fill_state=self._local_state if check else None, stop=preemption.requested(),
-                             generation=self.syncs, extra=var_exact)
+    def _exchange_for(self, step: int, var_exact: float, times: dict):
+        """The step's exchange, if it has one (docs/algorithm.md, "Quiet steps"): a check's state with
+        the losses since the last exchange; a schedule's losses at evaluation steps only (as evaluation
+        traffic). Without one the step makes no collective: a non-finite loss is this rank's failure,
+        and the losses wait for the next exchange. Returns the totals due at this step, or None."""
+        if self.strategy.wants_check(step):
+            self._exchange.start(step=step, state_size=self.monitor.state_size, fill_state=self._local_state,
+                                 generation=self.syncs, extra=var_exact)
+        elif self.monitor is None and self.should_evaluate():
+            self._exchange.raise_if_not_finite(step, self.ctx.rank)
+            self._exchange.start(step=step, kind="eval")
+        else:
+            self._exchange.raise_if_not_finite(step, self.ctx.rank)
+            self._exchange.skip()
         times["monitor"] = self._clock.lap()
         self._exchange.poke()
-        return self._exchange.due(step)
-
-    def _quiet_exchange(self, step: int, times: dict):
-        """A schedule: no collective between syncs. A non-finite loss is this rank's failure; the
-        loss is reduced at evaluation steps only (its bytes count as evaluation traffic)."""
-        self._exchange.raise_if_not_finite(step, self.ctx.rank)
-        times["monitor"] = self._clock.lap()
-        if not self.should_evaluate():
-            self._exchange.skip()
-            return None
-        self._exchange.start(step=step, kind="eval")
         return self._exchange.due(step)
 
     def _begin_step(self) -> int:
@@ -241,10 +236,8 @@ class Synchronizer:
 
     def _end_step(self, totals, bound: float, var_exact: float, synced: bool, times: dict) -> None:
         self.last_bound, self.last_synced = bound, synced
-        if self._quiet:  # the stop agreement, on every rank at the end of every step (fda.comm.stops)
-            self.stop_requested = self.world.stop_requested_after(self.step_count)
-        else:
-            self.stop_requested = totals is not None and totals.stop_requested
+        # the stop agreement, on every rank at the end of every step (fda.comm.stops): no collective
+        self.stop_requested = self.world.stop_requested_after(self.step_count)
         loss = totals.mean_loss if totals is not None else math.nan
         if totals is not None:
             self.mean_loss = loss

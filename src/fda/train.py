@@ -3,12 +3,12 @@
     w0 <- rank 0's initial model, broadcast;  w_k <- w0
     for each step:
         every hosted worker k: one optimizer step on its own mini-batch (lr: lr_schedule)
-        sync.step(losses): state from the drift (native kernel), ONE small Allreduce
-                           (kamp: and a MAX of the state),
+        sync.step(losses): at a check, the state from the drift (native kernel), ONE small
+                           Allreduce (kamp: and a MAX of the state),
                            H(mean state) > theta  ->  ONE Allreduce of the flat models
         every eval_every steps: test accuracy of the averaged model (>= target_acc: stop)
         every checkpoint_every steps: an atomic checkpoint
-        a rank got SIGTERM/SIGUSR1 (the flag rides in the step's Allreduce): checkpoint, stop
+        a rank got SIGTERM/SIGUSR1 (every rank agrees on the step): checkpoint, stop
 """
 from __future__ import annotations
 

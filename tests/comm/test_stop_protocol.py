@@ -78,12 +78,17 @@ class _Signal:
         self.ranks = set()
 
 
-def _job(size, seed, signalled, at_step, total, close_early=None):
-    """Run `size` fake ranks to the end (or the agreed stop); each rank's (stopped_after, step_at_signal)."""
-    rng = random.Random(seed)
+def _world(size):
     net = _Net()
     owners = [_Owner(r, size) for r in range(size)]
-    watches = [StopWatch(o, _ErrComm(net, o.rank)) for o in owners]
+    return net, owners, [StopWatch(o, _ErrComm(net, o.rank)) for o in owners]
+
+
+def _job(size, seed, signalled, at_step, total, close_early=None, world=None):
+    """Run `size` fake ranks to the end (or the agreed stop); each rank's (stopped_after, step_at_signal).
+    signalled=None: no signal. world: the (net, owners, watches) of an earlier run to run again."""
+    rng = random.Random(seed)
+    net, owners, watches = world or _world(size)
     paces = [rng.uniform(0.0, 0.004) for _ in range(size)]
     signal = _Signal()
     step_at_signal = {}
@@ -127,6 +132,8 @@ def _job(size, seed, signalled, at_step, total, close_early=None):
         assert not any(t.is_alive() for t in mains), f"a rank hangs (seed {seed})"
     finally:
         halt.set()
+        for t in watchers:
+            t.join(timeout=5)  # a later run polls the same watches
         stops_mod.preemption.requested = real_requested
     return results, step_at_signal, owners
 
@@ -152,13 +159,13 @@ def test_every_rank_stops_after_the_same_step_at_or_past_where_each_was(seed):
 def test_a_held_rank_waits_for_the_decision_then_answers_by_it():
     st = Stops()
     assert st.after(1) is False
-    assert st.hold() == 2  # it has asked about step 1: the earliest it can stop after is 2
+    assert st.hold(st.epoch) == 2  # it has asked about step 1: the earliest it can stop after is 2
     answers = []
     t = threading.Thread(target=lambda: answers.append(st.after(2)))
     t.start()
     time.sleep(0.1)
     assert answers == [] and t.is_alive()  # held: no answer before the decision
-    st.decide(3)
+    st.decide(3, st.epoch)
     t.join(timeout=5)
     assert answers == [False]
     assert st.after(3) is True
@@ -166,7 +173,7 @@ def test_a_held_rank_waits_for_the_decision_then_answers_by_it():
 
 def test_a_given_up_agreement_never_holds_the_main_thread():
     st = Stops()
-    st.hold()
+    st.hold(st.epoch)
     st.give_up()
     assert st.after(1) is False
 
@@ -176,8 +183,8 @@ def test_a_rank_that_never_answers_fails_the_job_naming_it(monkeypatch):
     net = _Net()
     owner = _Owner(0, 3)
     w = StopWatch(owner, _ErrComm(net, 0))
-    net.put(0, 1, stops_mod.REQUEST_TAG, 1)
-    net.put(0, 1, stops_mod.REPLY_TAG, (1, 4))  # rank 1 answers, rank 2 is frozen
+    net.put(0, 1, stops_mod.REQUEST_TAG, (0, None))
+    net.put(0, 1, stops_mod.REPLY_TAG, (0, (1, 4)))  # rank 1 answers, rank 2 is frozen
     deadline = time.monotonic() + 10
     while not owner.failed and time.monotonic() < deadline:
         w.poll()
@@ -192,7 +199,7 @@ def test_a_failing_job_starts_no_round():
     w = StopWatch(owner, _ErrComm(net, 0))
     preemption.request()
     preemption.abandon("rank 1 failed: boom")
-    net.put(0, 1, stops_mod.REQUEST_TAG, 1)
+    net.put(0, 1, stops_mod.REQUEST_TAG, (0, None))
     w.poll()
     assert not owner.stops.held and not net.queues.get((1, 0, stops_mod.HOLD_TAG))
 
@@ -274,3 +281,53 @@ def test_ranks_stepping_apart_with_no_collective_stop_after_the_same_step(mpi_ct
     for rank, (_, steps, _) in enumerate(everyone):
         before = max((k for t, k in steps if t <= t0), default=0)
         assert s >= before, f"seed {seed}: rank {rank} was past step {before} at the signal, S={s}"
+
+
+def _assert_agreed(results, owners, total, seed):
+    decided = {o.stops.stop_after for o in owners}
+    assert len(decided) == 1 and None not in decided, f"seed {seed}: {decided}"
+    (s,) = decided
+    assert set(results.values()) == ({s} if s <= total else {None}), f"seed {seed}: S={s}, {results}"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_new_run_forgets_the_last_runs_stop(seed):
+    """Two runs on the same ranks (one communicator, as several Synchronizers on one fda.init context):
+    the first is stopped; the second, after every rank's new_run, completes, or agrees anew."""
+    rng = random.Random(seed)
+    size = rng.randint(2, 4)
+    world = _world(size)
+    first, _, owners = _job(size, seed, rng.randrange(size), rng.randint(1, 10), 40, world=world)
+    _assert_agreed(first, owners, 40, seed)
+    preemption.uninstall()
+    for o in owners:
+        o.stops.new_run()
+    second, _, _ = _job(size, seed + 1, None, 0, 30, world=world)
+    assert second == {r: None for r in range(size)}, f"seed {seed}: the old decision stopped a new run: {second}"
+    for o in owners:
+        o.stops.new_run()
+    third, _, _ = _job(size, seed + 2, rng.randrange(size), rng.randint(1, 10), 60, world=world)
+    _assert_agreed(third, owners, 60, seed)
+    assert not any(o.failed for o in owners)
+
+
+def test_a_message_of_a_run_a_rank_has_not_reached_waits_for_it():
+    net, owners, (w0, w1) = _world(2)
+    owners[1].stops.after(7)  # rank 1 still ends its last run: its main thread has not called new_run
+    owners[0].stops.new_run()
+    preemption.request()  # rank 0 is signalled at once in the new run
+    w0.poll()
+    preemption.uninstall()
+    w1.poll()
+    assert not owners[1].stops.held and not net.queues.get((0, 1, stops_mod.REPLY_TAG)), \
+        "rank 1 answered a hold of a run it has not started"
+    net.put(1, 0, stops_mod.DECIDE_TAG, (0, 99))  # left over from the last run's round
+    owners[1].stops.new_run()
+    w1.poll()
+    assert owners[1].stops.held and list(net.queues[(0, 1, stops_mod.REPLY_TAG)]) == [(1, (1, 1))]
+    assert owners[1].stops.stop_after is None  # the old decision was dropped
+    deadline = time.monotonic() + 10
+    while owners[1].stops.stop_after is None and time.monotonic() < deadline:
+        w0.poll()
+        w1.poll()
+    assert owners[0].stops.stop_after == owners[1].stops.stop_after == 1

@@ -7,7 +7,7 @@ import torch
 
 from fda.collectives import CollectiveError
 from fda.monitor import LinearMonitor, PerWorkerMonitor
-from fda.sync.exchange import HEAD, StepExchange, loss_vector
+from fda.sync.exchange import HEAD, DivergedLocally, StepExchange, loss_vector
 
 
 def _exchange(world, K=3, lag=0, monitor=None):
@@ -16,10 +16,10 @@ def _exchange(world, K=3, lag=0, monitor=None):
                         from_reduced=monitor.from_reduced)
 
 
-def _step(ex, step, loss=1.0, state=None, stop=False, generation=0):
+def _step(ex, step, loss=1.0, state=None, generation=0):
     ex.add_loss(loss)
     fill = (lambda out: out.copy_(torch.as_tensor(state, dtype=torch.float64))) if state is not None else None
-    ex.start(step=step, state_size=len(state) if state is not None else 0, fill_state=fill, stop=stop,
+    ex.start(step=step, state_size=len(state) if state is not None else 0, fill_state=fill,
              generation=generation)
     ex.poke()
     return ex.due(step)
@@ -28,17 +28,37 @@ def _step(ex, step, loss=1.0, state=None, stop=False, generation=0):
 def test_an_unchecked_step_exchanges_the_head_only(world):
     ex = _exchange(world)
     totals = _step(ex, 1, loss=[0.5, 1.0, 1.5])
-    assert totals.step == 1 and totals.mean_loss == 1.0 and not totals.stop_requested and totals.mean_state is None
+    assert totals.step == 1 and totals.mean_loss == 1.0 and totals.mean_state is None
     assert world.calls == [("allreduce_to_host", "sum", "state")]
     assert ex.sent == (HEAD * 8, 1)
 
 
 def test_a_checked_step_carries_the_state_after_the_head(world):
     ex = _exchange(world, K=2)
-    totals = _step(ex, 3, loss=torch.tensor(0.25), state=[4.0, 2.0], stop=True)
+    totals = _step(ex, 3, loss=torch.tensor(0.25), state=[4.0, 2.0])
     np.testing.assert_array_equal(totals.mean_state, [2.0, 1.0])  # the sum over one rank / K
-    assert totals.stop_requested and totals.mean_loss == 0.25
+    assert totals.mean_loss == 0.25
     assert len(world.calls) == 1 and ex.sent == ((HEAD + 2) * 8, 1)  # a sum monitor rides on the one Allreduce
+
+
+def test_the_losses_of_steps_without_an_exchange_ride_in_the_next_one(world):
+    ex = _exchange(world, K=2)
+    for step, loss in ((1, [1.0, 2.0]), (2, [3.0, 4.0])):
+        ex.add_loss(loss)
+        ex.raise_if_not_finite(step, rank=0)
+        ex.skip()
+        assert ex.due(step) is None and ex.sent == (0, 0)
+    totals = _step(ex, 3, loss=[5.0, 6.0], state=[1.0])
+    assert totals.mean_loss == 3.5  # the 6 losses of steps 1-3 over the 2 workers
+    assert len(world.calls) == 1
+
+
+def test_a_non_finite_loss_without_an_exchange_is_this_ranks_failure(world):
+    ex = _exchange(world, K=2)
+    ex.add_loss([1.0, math.inf])
+    with pytest.raises(DivergedLocally, match="rank 1 at step 4"):
+        ex.raise_if_not_finite(4, rank=1)
+    assert world.calls == []
 
 
 def test_a_max_monitor_makes_its_own_second_allreduce(world):

@@ -199,6 +199,11 @@ class Comm:
         self.stall_timeout = seconds
 
     # ------------------------------------------------------------------- stops
+    def begin_run(self) -> None:
+        """Call on every rank before a run's first step (a Synchronizer does, when it is made): a stop
+        agreed for an earlier run on this communicator does not stop this one."""
+        self.stops.new_run()
+
     def stop_requested_after(self, step: int) -> bool:
         """Call at the end of every step, on every rank: stop after this step? True on every rank at
         the same step once any rank got SIGTERM/SIGUSR1 (the stop agreement, `stops`), with no

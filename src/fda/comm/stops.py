@@ -6,7 +6,10 @@ protocol. The main thread asks `Stops.after(step)` at the end of every step; its
 on every rank for every step:
 
 1. the watcher of a rank that got SIGTERM/SIGUSR1 (`preemption.requested()`) sends a request to
-   rank 0 (rank 0 itself starts the round); one round per run, repeated requests change nothing;
+   rank 0 (rank 0 itself starts the round); one round per run, repeated requests change nothing.
+   A run is an epoch: every rank starts a new one at the same point (`Stops.new_run`, when a
+   Synchronizer is made), and every message carries its epoch, so what is left of an earlier run's
+   round is dropped, and a message of an epoch this rank has not reached yet waits for it;
 2. rank 0 sends HOLD to every rank; each watcher, under the lock the main thread's `after` takes,
    sets `held` and replies s_k = the next step whose end its main thread has not yet asked about;
 3. a held main thread that asks about step s_k waits (no spin) until the decision arrives, so it
@@ -40,15 +43,24 @@ class Stops:
     """One rank's view of the agreement, shared by its main thread and its watcher thread.
 
     checked: the last step whose end the main thread asked about (0: none); held: a round is on and
-    this rank has replied; stop_after: the decision S (None: none yet)."""
+    this rank has replied; stop_after: the decision S (None: none yet); epoch: the run's number."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._decided = threading.Event()
+        self.epoch = 0
         self.checked = 0
         self.held = False
         self.stop_after: int | None = None
         self.given_up = False  # the watcher stopped: nothing will be decided any more
+
+    def new_run(self) -> None:
+        """Main thread, on every rank at the same point before a run's first step: forget the last
+        run's round (its decision, a hold)."""
+        with self._lock:
+            self.epoch += 1
+            self.checked, self.held, self.stop_after = 0, False, None
+            self._decided.clear()
 
     def after(self, step: int) -> bool:
         """Main thread, at the end of `step`: stop now? Waits while a round is undecided."""
@@ -62,14 +74,19 @@ class Stops:
                     return False
             self._decided.wait()
 
-    def hold(self) -> int:
-        """Watcher, on HOLD: hold the main thread; the step this rank will stop after at the earliest."""
+    def hold(self, epoch: int) -> int | None:
+        """Watcher, on HOLD of run `epoch`: hold the main thread; the step this rank will stop after
+        at the earliest (None: that run is over here, nothing is held)."""
         with self._lock:
+            if epoch != self.epoch:
+                return None
             self.held = True
             return self.checked + 1
 
-    def decide(self, stop_after: int) -> None:
+    def decide(self, stop_after: int, epoch: int) -> None:
         with self._lock:
+            if epoch != self.epoch:
+                return
             self.stop_after = stop_after
         self._decided.set()
 
@@ -88,14 +105,22 @@ class StopWatch:
     def __init__(self, owner, errcomm):
         self.owner, self.errcomm = owner, errcomm
         self.stops: Stops = owner.stops
+        self._epoch = self.stops.epoch
+        self._new_round()
+        self._early: list[tuple[int, int, object]] = []  # (tag, epoch, body) of runs not reached yet
+        self._sends: list = []
+        self._last: dict[int, int] = {}  # rank 0: the ranks that have closed, and the step past their last
+
+    def _new_round(self) -> None:
         self._asked = False  # this rank requested (or, rank 0, started) the round
         self._round_started = False
         self._replies: dict[int, int] = {}
         self._deadline = 0.0
-        self._sends: list = []
-        self._last: dict[int, int] = {}  # rank 0: the ranks that have closed, and the step past their last
 
     def poll(self) -> None:
+        if self.stops.epoch != self._epoch:  # the main thread has started a new run
+            self._epoch = self.stops.epoch
+            self._new_round()
         rank = self.owner.rank
         if rank == 0:
             self._read_last_words()  # before a round starts: a rank that has closed is not asked
@@ -104,25 +129,38 @@ class StopWatch:
             if rank == 0:
                 self._start_round()
             else:
-                self._send(rank, 0, REQUEST_TAG)
+                self._send(None, 0, REQUEST_TAG)
         if rank == 0:
             self._poll_coordinator()
-        if self.errcomm.iprobe(source=0, tag=HOLD_TAG):
-            self.errcomm.recv(source=0, tag=HOLD_TAG)
-            self._send((rank, self.stops.hold()), 0, REPLY_TAG)
-        if self.errcomm.iprobe(source=0, tag=DECIDE_TAG):
-            self.stops.decide(self.errcomm.recv(source=0, tag=DECIDE_TAG))
+        for _ in self._take(HOLD_TAG, source=0):
+            at_earliest = self.stops.hold(self._epoch)
+            if at_earliest is not None:
+                self._send((rank, at_earliest), 0, REPLY_TAG)
+        for decision in self._take(DECIDE_TAG, source=0):
+            self.stops.decide(decision, self._epoch)
 
-    def _send(self, obj, dest: int, tag: int) -> None:
+    def _send(self, body, dest: int, tag: int) -> None:
+        """Every message of the agreement is (epoch, body)."""
         self._sends = [r for r in self._sends if not r.Test()]
-        self._sends.append(self.errcomm.isend(obj, dest=dest, tag=tag))
+        self._sends.append(self.errcomm.isend((self._epoch, body), dest=dest, tag=tag))
+
+    def _take(self, tag: int, source: int = MPI.ANY_SOURCE) -> list:
+        """The bodies of this run's messages with `tag` received so far (an earlier run's are dropped,
+        a later run's kept for when this rank gets there)."""
+        status = MPI.Status()
+        while self.errcomm.iprobe(source=source, tag=tag, status=status):
+            epoch, body = self.errcomm.recv(source=status.Get_source(), tag=tag)
+            self._early.append((tag, epoch, body))
+        now = [body for t, epoch, body in self._early if t == tag and epoch == self._epoch]
+        self._early = [m for m in self._early if m[0] != tag or m[1] > self._epoch]
+        return now
 
     def _start_round(self) -> None:
         """Rank 0: hold every rank (itself directly)."""
         if self._round_started:
             return
         self._round_started = True
-        self._replies = {0: self.stops.hold(), **self._last}
+        self._replies = {0: self.stops.hold(self._epoch), **self._last}
         self._deadline = time.monotonic() + REPLY_TIMEOUT_S
         for r in range(1, self.owner.size):
             if r not in self._last:
@@ -131,29 +169,24 @@ class StopWatch:
     def _read_last_words(self) -> None:
         status = MPI.Status()
         while self.errcomm.iprobe(source=MPI.ANY_SOURCE, tag=LAST_TAG, status=status):
-            r, s = self.errcomm.recv(source=status.Get_source(), tag=LAST_TAG)
+            _, (r, s) = self.errcomm.recv(source=status.Get_source(), tag=LAST_TAG)  # whatever the epoch
             self._last[r] = s
             if self._round_started:
                 self._replies.setdefault(r, s)
 
     def _poll_coordinator(self) -> None:
-        status = MPI.Status()
         self._read_last_words()
-        while self.errcomm.iprobe(source=MPI.ANY_SOURCE, tag=REQUEST_TAG, status=status):
-            self.errcomm.recv(source=status.Get_source(), tag=REQUEST_TAG)
-            if not preemption.abandoned():
-                self._start_round()
+        if self._take(REQUEST_TAG) and not preemption.abandoned():
+            self._start_round()
         if not self._round_started or self.stops.stop_after is not None or self._deadline == 0.0:
             return
-        while self.errcomm.iprobe(source=MPI.ANY_SOURCE, tag=REPLY_TAG, status=status):
-            r, s = self.errcomm.recv(source=status.Get_source(), tag=REPLY_TAG)
-            self._replies[r] = s
+        self._replies.update(self._take(REPLY_TAG))
         if len(self._replies) == self.owner.size:
             self._deadline = 0.0
             decision = max(self._replies.values())
             for r in range(1, self.owner.size):
                 self._send(decision, r, DECIDE_TAG)
-            self.stops.decide(decision)
+            self.stops.decide(decision, self._epoch)
         elif time.monotonic() > self._deadline:
             self._deadline = 0.0
             missing = ", ".join(str(r) for r in range(self.owner.size) if r not in self._replies)
@@ -200,7 +233,6 @@ class StopWatch:
 
     def _read_from_coordinator(self) -> None:
         """A closed rank: what rank 0 sent before it knew (a hold needs no answer: the last word is one)."""
-        while self.errcomm.iprobe(source=0, tag=HOLD_TAG):
-            self.errcomm.recv(source=0, tag=HOLD_TAG)
-        while self.errcomm.iprobe(source=0, tag=DECIDE_TAG):
-            self.stops.decide(self.errcomm.recv(source=0, tag=DECIDE_TAG))
+        self._take(HOLD_TAG, source=0)
+        for decision in self._take(DECIDE_TAG, source=0):
+            self.stops.decide(decision, self._epoch)

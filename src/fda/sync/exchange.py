@@ -1,9 +1,9 @@
 """The step exchange: what the ranks tell each other at a step, in one packed buffer.
 
-A rank packs  [loss sum, non-finite flag, loss count, stop flag, local state (checked steps)]
+A rank packs  [loss sum, non-finite flag, loss count, local state (checked steps)]
 as float64 on its model's device (no host sync), and ONE sum Allreduce gives every rank the
-same totals: the mean loss, whether any worker diverged, whether any rank was asked to stop,
-and the summed monitor state. A monitor whose states combine otherwise (Kamp's MAX) adds a
+same totals: the mean loss since the last exchange, whether any worker diverged, and the summed
+monitor state. A monitor whose states combine otherwise (Kamp's MAX) adds a
 second Allreduce of the state part with its own operation.
 
 With lag L >= 1 the exchange started at step t is a non-blocking Allreduce, poked once per step
@@ -27,16 +27,15 @@ class DivergedLocally(RuntimeError):
     """A rank saw a non-finite loss at a step without an exchange: only that rank knows."""
 
 
-HEAD = 4  # [loss sum, non-finite flag, loss count, stop flag]
-_LOSS, _NONFINITE, _COUNT, _STOP = range(HEAD)
+HEAD = 3  # [loss sum, non-finite flag, loss count]
+_LOSS, _NONFINITE, _COUNT = range(HEAD)
 
 
 @dataclass(frozen=True)
 class StepTotals:
     """What an exchange tells every rank (the same values everywhere)."""
     step: int  # the step that started it
-    mean_loss: float  # over the workers
-    stop_requested: bool
+    mean_loss: float  # over the workers and the steps since the previous exchange
     mean_state: np.ndarray | None  # the monitor's combined state; None without a check
     generation: int  # the caller's tag at the start (the syncs done: what the state was measured against)
     extra: float = math.nan  # a value the caller attached at the start (the audit's exact variance)
@@ -94,11 +93,10 @@ class StepExchange:
         self._loss_sums, self._loss_counts = sums, counts
 
     # ---------------------------------------------------------------- exchange
-    def start(self, *, step: int, state_size: int = 0, fill_state=None, stop: bool = False,
-              generation: int = 0, extra: float = math.nan, kind: str = "state") -> None:
+    def start(self, *, step: int, state_size: int = 0, fill_state=None, generation: int = 0, extra: float = math.nan, kind: str = "state") -> None:
         """Pack this rank's buffer (`fill_state(out)` writes its monitor state) and start the exchange
         (`kind`: what fda.comm counts its bytes as)."""
-        packed = self._pack(state_size, fill_state, stop)
+        packed = self._pack(state_size, fill_state)
         calls, nbytes = 1, packed.numel() * packed.element_size()
         with_state = fill_state is not None
         if self.lag == 0:
@@ -169,10 +167,10 @@ class StepExchange:
                                   "(diverged: try a smaller lr or check the data)")
         count = reduced[_COUNT]
         return StepTotals(step=f.step, mean_loss=reduced[_LOSS] / count if count > 0 else math.nan,
-                          stop_requested=bool(reduced[_STOP] > 0), mean_state=mean_state,
+                          mean_state=mean_state,
                           generation=f.generation, extra=f.extra)
 
-    def _pack(self, state_size: int, fill_state, stop: bool) -> torch.Tensor:
+    def _pack(self, state_size: int, fill_state) -> torch.Tensor:
         packed = self._buffer(state_size)
         loss_sum = (pairwise_sum_(list(self._loss_sums)) if self._loss_sums.numel()
                     else torch.zeros((), dtype=torch.float64, device=self.device))
@@ -184,7 +182,6 @@ class StepExchange:
         packed[_LOSS] = loss_sum
         packed[_NONFINITE] = (~finite).to(torch.float64)
         packed[_COUNT] = int(self._loss_counts.sum())
-        packed[_STOP] = float(stop)
         self._loss_sums.zero_()
         self._loss_counts.zero_()
         return packed
@@ -219,9 +216,7 @@ class StepExchange:
 
     def load_state_dict(self, state: dict) -> None:
         self._in_flight.clear()
-        self._completed = deque(StepTotals(**{**t, "mean_state": None if t["mean_state"] is None
-                                               else np.asarray(t["mean_state"], dtype=np.float64)})
-                                for t in state.get("completed", []))
+        self._completed = deque(_totals_from_dict(t) for t in state.get("completed", []))
 
 
 class _AtWait:
@@ -243,9 +238,17 @@ class _AtWait:
 
 
 def _totals_dict(t: StepTotals) -> dict:
-    return {"step": t.step, "mean_loss": t.mean_loss, "stop_requested": t.stop_requested,
+    return {"step": t.step, "mean_loss": t.mean_loss,
             "mean_state": None if t.mean_state is None else t.mean_state.tolist(),
             "generation": t.generation, "extra": t.extra}
+
+
+def _totals_from_dict(t: dict) -> StepTotals:
+    # "stop_requested": written before the stop agreement replaced the buffer's stop flag
+    fields = {k: v for k, v in t.items() if k != "stop_requested"}
+    if fields["mean_state"] is not None:
+        fields["mean_state"] = np.asarray(fields["mean_state"], dtype=np.float64)
+    return StepTotals(**fields)
 
 
 def loss_vector(loss, device: torch.device) -> torch.Tensor:
