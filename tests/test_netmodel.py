@@ -310,13 +310,13 @@ def test_two_call_exchanges_price_both_allreduces():
     steps["synced"][:] = 0
     steps["comm_bytes"] = np.cumsum(np.full(6, K * 4))
     steps["time_compute"] = np.full(6, 0.1)
-    # 40 B = 5 values >= P' = 4: Rabenseifner, 2*2 + 2 = 6 rounds moving (2*3/4 + 2) * 40 B;
+    # 32 B = 4 values >= P' = 4: Rabenseifner, 2*2 + 2 = 6 rounds moving (2*3/4 + 2) * 32 B;
     # 8 B: recursive doubling, 2 + 2 = 4 rounds of 8 B
-    first, second = 6e-3 + 3.5 * 40e-6, 4 * (1e-3 + 8e-6)
+    first, second = 6e-3 + 3.5 * 32e-6, 4 * (1e-3 + 8e-6)
     m = model_run(steps, attrs, 3, NET)
     assert m.total == pytest.approx(3 * (0.1 + 0.01) + 3 * (first + second), rel=1e-12)
     (ex,) = m.messages
-    assert ex.sizes == (40.0, 8.0) and [c.algorithm for c in ex.costs] == ["reduce_scatter_allgather",
+    assert ex.sizes == (32.0, 8.0) and [c.algorithm for c in ex.costs] == ["reduce_scatter_allgather",
                                                                           "recursive_doubling"]
 
 
