@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fda import kernels, preemption
+from fda import kernels
 from fda.collectives import CollectiveError, check_compression, make_averaging
 from fda.config import Config, ConfigError, run_json
 from fda.context import Context

@@ -93,7 +93,8 @@ class StepExchange:
         self._loss_sums, self._loss_counts = sums, counts
 
     # ---------------------------------------------------------------- exchange
-    def start(self, *, step: int, state_size: int = 0, fill_state=None, generation: int = 0, extra: float = math.nan, kind: str = "state") -> None:
+    def start(self, *, step: int, state_size: int = 0, fill_state=None, generation: int = 0,
+              extra: float = math.nan, kind: str = "state") -> None:
         """Pack this rank's buffer (`fill_state(out)` writes its monitor state) and start the exchange
         (`kind`: what fda.comm counts its bytes as)."""
         packed = self._pack(state_size, fill_state)
