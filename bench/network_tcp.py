@@ -299,8 +299,9 @@ def main(argv=None) -> int:
                    help="an interpreter whose mpi4py is built against Open MPI")
     p.add_argument("--rates", default="none,50mbit,100mbit,500mbit", help="tbf rates (tc units), 'none' for no limit")
     p.add_argument("--ranks", default="2")
-    p.add_argument("--modes", default="openmpi,3,5,6", help="'openmpi' (its own choice) or forced algorithm numbers")
-    p.add_argument("--burst", default="4kb", help="tbf bucket: a little over two MTU-sized packets")
+    p.add_argument("--modes", default="openmpi,3,6", help="'openmpi' (its own choice) or forced algorithm numbers")
+    p.add_argument("--burst", default="32kb",
+                   help="tbf bucket: about 20 MTU-sized packets (a bucket of a few packets stalls TCP's bursts)")
     p.add_argument("--latency", default="2s", help="tbf queue limit as time: long enough that nothing is dropped")
     p.add_argument("--results", default=str(ROOT / "bench/results"))
     p.add_argument("--machine", default=_machine())
