@@ -101,7 +101,7 @@ def worker(result: Path, rate_bits: float | None) -> None:
                 samples.append(dt)
         times[n_bytes] = float(np.median(samples))
     if comm.rank == 0:
-        result.write_text(json.dumps({"ranks": comm.size, "library": MPI.Get_library_version().splitlines()[0],
+        result.write_text(json.dumps({"ranks": comm.size, "library": MPI.Get_library_version().replace("\0", "").splitlines()[0],
                                       "median_s": times}))
 
 
