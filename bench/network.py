@@ -20,8 +20,8 @@ Results: bench/results/network.md (+ network.json).
     .venv/bin/python bench/network.py --algorithms   # 2 and 4 ranks, each MPICH algorithm, about 4 minutes
 
 checks the per-algorithm model (`fda.netmodel.allreduce_cost`) with the exact messages the runs
-send: the step exchanges (float64: 32 B head only, 40 B Naive or Kamp, 48 B Linear, 10,040 B
-Sketch, Kamp's second 8 B call) and the syncs (float32: charlm, LeNet-5). On one node MPICH
+send (EXACT_SIZES): the step exchanges (float64: 24 B head only, 32 B Naive or Kamp, 40 B Linear,
+10,032 B Sketch, Kamp's second 8 B call) and the syncs (float32: charlm, LeNet-5). On one node MPICH
 would reduce through shared memory with its own node-local algorithm; MPIR_CVAR_DEVICE_COLLECTIVES=none
 sends the call to the algorithms MPICH uses between nodes instead, and MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM
 forces one of them. Per P, --rounds (3) rounds of one `mpiexec -n P` job per mode: each forced
@@ -48,27 +48,35 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-from fda.netmodel import FLOAT_BYTES  # noqa: E402
+from fda.netmodel import EXCHANGE_ITEM_BYTES, FLOAT_BYTES  # noqa: E402
+from fda.sync.exchange import HEAD  # noqa: E402
+
+SKETCH_STATE = 1 + 5 * 250  # the Sketch monitor's state at its default 5 x 250
 
 # bytes per rank: the messages of the comparison runs, then a ladder for the fit
 RUN_SIZES = {
     FLOAT_BYTES * 2: "Linear state (2 floats)",
-    FLOAT_BYTES * 1251: "Sketch state (1 + 5 x 250 floats)",
+    FLOAT_BYTES * SKETCH_STATE: "Sketch state (1 + 5 x 250 floats)",
     FLOAT_BYTES * 57_699: "charlm model",
     FLOAT_BYTES * 61_706: "LeNet-5 model",
     FLOAT_BYTES * 2_592_202: "VGG16* model",
 }
 LADDER = [64, 1024, 16_384, 65_536, 1 << 20, 4 << 20]
 
-# --algorithms: bytes per rank -> (value type, what sends it)
+def _exchange(state_floats: int) -> int:
+    """Bytes of a step exchange: the head (fda.sync.exchange) and the monitor's state, float64."""
+    return EXCHANGE_ITEM_BYTES * (HEAD + state_floats)
+
+
+# --algorithms (and bench/network_tcp.py): bytes per rank -> (value type, what sends it)
 EXACT_SIZES = {
-    8: ("float64", "Kamp's second call (MAX of 1 float)"),
-    32: ("float64", "exchange without a check (head)"),
-    40: ("float64", "exchange with a Naive or Kamp check"),
-    48: ("float64", "exchange with a Linear check"),
-    10_040: ("float64", "exchange with a Sketch check"),
-    230_796: ("float32", "charlm sync"),
-    246_824: ("float32", "LeNet-5 sync"),
+    EXCHANGE_ITEM_BYTES: ("float64", "Kamp's second call (MAX of 1 float)"),
+    _exchange(0): ("float64", "a schedule's loss at an evaluation (head only)"),
+    _exchange(1): ("float64", "exchange with a Naive or Kamp check"),
+    _exchange(2): ("float64", "exchange with a Linear check"),
+    _exchange(SKETCH_STATE): ("float64", "exchange with a Sketch check"),
+    FLOAT_BYTES * 57_699: ("float32", "charlm sync"),
+    FLOAT_BYTES * 61_706: ("float32", "LeNet-5 sync"),
 }
 INTER_NODE = {"MPIR_CVAR_DEVICE_COLLECTIVES": "none"}  # MPIR's algorithms, not the node-local one
 MODES = {  # name -> (environment, non-blocking)

@@ -40,17 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from fda.netmodel import (RECURSIVE_DOUBLING, REDUCE_SCATTER_ALLGATHER, RING, Network,  # noqa: E402
                           algorithm_cost)
+sys.path.insert(0, str(ROOT / "bench"))
+from network import EXACT_SIZES  # noqa: E402  the messages the runs send, in one place
 
-SIZES = {  # bytes per rank -> (value type, what sends it)
-    8: ("float64", "Kamp's second call"),
-    32: ("float64", "exchange, no check"),
-    40: ("float64", "exchange, Naive/Kamp check"),
-    48: ("float64", "exchange, Linear check"),
-    10_040: ("float64", "exchange, Sketch check"),
-    230_796: ("float32", "charlm sync"),
-    246_824: ("float32", "LeNet-5 sync"),
-    1_048_576: ("float32", "1 MB model"),
-}
+SIZES = {**EXACT_SIZES, 1_048_576: ("float32", "1 MB model")}  # bytes per rank -> (value type, what sends it)
 SMALL_BYTES = 48  # the messages alpha is fitted from
 # coll_tuned_allreduce_algorithm numbers -> the netmodel algorithm with the same critical path
 OMPI_ALGORITHMS = {3: RECURSIVE_DOUBLING, 4: RING, 5: RING, 6: REDUCE_SCATTER_ALLGATHER}

@@ -1,7 +1,9 @@
 """Helpers that several test modules share (test modules never import each other)."""
 import gzip
+import importlib.util
 import pickle
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +103,13 @@ def local_state(monitor, u_k: torch.Tensor, xi=None, seed: int = 7) -> np.ndarra
 def true_variance(u: torch.Tensor) -> float:
     u = u.double()
     return exact_variance(float((u ** 2).sum(1).mean()), float((u.mean(0) ** 2).sum()))
+
+
+def load_bench_script(name: str):
+    """bench/<name>.py as a module (the bench scripts are not a package), registered as bench_<name>."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -1,22 +1,18 @@
 """bench/compare.py's plan: grids expanded per task and seed, Synchronous first, families that need a
 missing feature stop the grid with the reason (or are skipped), the quick preset merges over the grid."""
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from _helpers import load_bench_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def compare():
-    spec = importlib.util.spec_from_file_location("bench_compare", REPO / "bench" / "compare.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_compare"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("compare")
 
 
 SPEC = {

@@ -1,21 +1,12 @@
 """bench/network_tcp.py's logic without a network: Open MPI's algorithm choice, tc's units and
 counters, the alpha fit and the prices against a hand computation."""
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from _helpers import load_bench_script
 
 
 @pytest.fixture(scope="module")
 def tcp():
-    spec = importlib.util.spec_from_file_location("bench_network_tcp", REPO / "bench" / "network_tcp.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_network_tcp"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("network_tcp")
 
 
 @pytest.mark.parametrize("n_bytes,ranks,alg", [
