@@ -273,8 +273,8 @@ def run(args, command: str) -> int:
             "commit": sh("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD", check=False).strip(),
             "commands": [command], "burst": args.burst, "latency": args.latency, "wall_s": time.perf_counter() - t0}
     md = markdown(results, rows, meta)
-    (out / "network-tcp.md").write_text(md)
-    (out / "network-tcp.json").write_text(json.dumps({"meta": meta, "jobs": results, "rows": rows}, indent=1))
+    (out / f"{args.name}.md").write_text(md)
+    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "jobs": results, "rows": rows}, indent=1))
     print(md)
     return 0
 
@@ -297,6 +297,7 @@ def main(argv=None) -> int:
                    help="tbf bucket: about 20 MTU-sized packets (a bucket of a few packets stalls TCP's bursts)")
     p.add_argument("--latency", default="2s", help="tbf queue limit as time: long enough that nothing is dropped")
     p.add_argument("--results", default=str(ROOT / "bench/results"))
+    p.add_argument("--name", default="network-tcp", help="the results' file name, without .md / .json")
     p.add_argument("--machine", default=_machine())
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--worker-rate", type=float, help=argparse.SUPPRESS)
