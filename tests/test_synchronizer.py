@@ -119,6 +119,8 @@ def test_a_non_finite_loss_stops_the_run_at_its_step(ctx):
     {"strategy": "fda", "monitor": "linear", "theta": 0.01},
     {"strategy": "fda_opt", "monitor": "sketch", "max_epochs": 2},
     {"strategy": "fda", "monitor": "sketch", "theta": 0.01, "sync_compression": "int16"},
+    {"strategy": "fedavg", "tau": 3, "sync_delay": 2, "sync_compression": "int8"},  # in flight at the save
+    {"strategy": "fda", "monitor": "linear", "theta": 0.01, "sync_delay": 1, "server_optimizer": "nesterov"},
 ])
 def test_a_resumed_synchronizer_continues_bit_for_bit(ctx, settings):
     def run(models, sync, steps, gen):
@@ -153,6 +155,48 @@ def test_a_resumed_synchronizer_continues_bit_for_bit(ctx, settings):
     assert resumed.comm_bytes == straight.comm_bytes and resumed.syncs == straight.syncs
     for s in (straight, first, resumed):
         s.close()
+
+
+@pytest.mark.parametrize("delay", [1, 2])
+def test_an_overlapped_sync_lands_later_with_each_workers_progress_since_its_start(ctx, delay):
+    gen = torch.Generator().manual_seed(SEED)
+    models = _models()
+    sync = fda.Synchronizer(models, ctx, strategy="fedavg", tau=4, sync_delay=delay, workers_per_rank=K)
+    started = {}
+    for step in range(1, 14):
+        _local_steps(models, gen)
+        before = [_flat(m).clone() for m in models]
+        assert sync.step(0.1) == (step % 4 == 0), f"step {step}"
+        if step % 4 == 0:
+            started = {"mean": torch.stack(before).sum(0) / K, "snapshots": before}
+            assert all(torch.equal(_flat(m), b) for m, b in zip(models, before)), "the start changed a model"
+        elif step > 4 and step % 4 == delay:
+            for m, b, s in zip(models, before, started["snapshots"]):
+                assert torch.allclose(_flat(m), started["mean"] + (b - s), atol=1e-6), f"step {step} (seed {SEED})"
+        else:
+            assert all(torch.equal(_flat(m), b) for m, b in zip(models, before)), f"step {step}"
+        assert sync.sync_in_flight == (step >= 4 and (step % 4 == 0 or step % 4 < delay)), f"step {step}"
+    summary = sync.close()
+    landed = sum(t + delay <= 13 for t in (4, 8, 12))  # with delay 2, the sync of step 12 has not landed
+    assert sync.syncs == 3 and summary["syncs_landed"] == landed
+
+
+def test_no_check_starts_while_a_sync_is_in_flight(ctx):
+    sync = fda.Synchronizer(_models(), ctx, strategy="fda", monitor="naive", theta=0.0, sync_delay=3,
+                            workers_per_rank=K)
+    for _ in range(8):  # theta 0: a sync at every check; checks at 1 and 5 (after the landings at 4 and 8)
+        sync.step(0.5)
+    assert sync.syncs == 2 and sync.mpi_bytes("state") == 2 * 8 * 2 * (3 + 1)
+    sync.close()
+
+
+def test_sync_delay_is_refused_where_a_sync_could_not_land_before_the_next(ctx):
+    with pytest.raises(fda.ConfigError, match="sync_delay=4 must be below tau=4"):
+        fda.Synchronizer(_models(), ctx, strategy="fedavg", tau=4, sync_delay=4, workers_per_rank=K)
+    with pytest.raises(fda.ConfigError, match="strategy=synchronous syncs at every step"):
+        fda.Synchronizer(_models(), ctx, strategy="synchronous", sync_delay=1, workers_per_rank=K)
+    with pytest.raises(fda.ConfigError, match=r"below the sync period \(2 steps\)"):
+        fda.Synchronizer(_models(), ctx, strategy="fedopt", steps_per_epoch=2, sync_delay=2, workers_per_rank=K)
 
 
 def test_the_internals_are_read_only_views(ctx):

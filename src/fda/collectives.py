@@ -24,6 +24,12 @@ keeps what the quantization dropped for the next sync. It stays bit-identical on
   4. every rank decodes the same sums with the same float32 operations: the same new w0.
 The arithmetic of steps 1, 2 and 4 is in pure functions (`block_peaks`, `quantize_`,
 `decode_mean_`), without communication; `QuantizedMean.average_` adds the two Allreduces.
+
+Both also start a mean without waiting for it (`start_mean`, for an overlapped sync,
+sync_delay >= 1): the same arithmetic on the models of the step it starts at, its Allreduces
+non-blocking; `advance()` at every later step lets MPI progress them (the compressed mean's
+fields are quantized and sent at the first later step, once the scales are known), and
+`wait()` gives the mean as a new flat buffer. The workers' own buffers are not touched.
 """
 from __future__ import annotations
 
@@ -34,7 +40,7 @@ import torch
 
 from fda import kernels
 from fda.config import ConfigError
-from fda.flat import FlatModel, pairwise_sum_
+from fda.flat import FlatModel, local_sum, pairwise_sum_
 from fda.sync.accounting import FLOAT_BYTES
 
 BLOCK = 4096  # values per quantization scale: 4 bytes of scale per 4096 values (0.1% of an int8 sync)
@@ -132,6 +138,17 @@ class ExactMean:
         mean_of_tensors_(self.world, [w.other_buffers for w in workers], self.K)
         return buf
 
+    def start_mean(self, workers: list[FlatModel], ref: torch.Tensor | None = None) -> "MeanInFlight":
+        """The mean over the K workers of their models now, on its way (see the module docstring)."""
+        total = local_sum(workers)
+        pending = self.world.iallreduce_(total, "sum", kind="sync")
+
+        def finish() -> torch.Tensor:
+            pending.wait()
+            return kernels.mean_epilogue_(total, self.K)
+
+        return MeanInFlight([pending.test], finish)
+
     def wire_bytes(self, n: int) -> int:
         """Bytes one worker sends for n values in the paper's accounting (docs/algorithm.md, "Byte accounting")."""
         return FLOAT_BYTES * n
@@ -181,6 +198,33 @@ class QuantizedMean:
         mean_of_tensors_(self.world, [w.other_buffers for w in workers], self.K)
         return target
 
+    def start_mean(self, workers: list[FlatModel], ref: torch.Tensor) -> "MeanInFlight":
+        """ref + mean_k Q(v_k) of the models now, on its way: the scales' MAX travels until the first
+        `advance()`, the fields' sum from then on (see the module docstring). The residuals become
+        the new ones at that first advance."""
+        self._add_drifts(workers, ref)
+        peaks = block_peaks(self.residuals, self.blocks)
+        peaks_pending = self.world.iallreduce_(peaks, "max", kind="sync")
+        n = ref.numel()
+        fields_pending = []
+
+        def send_fields() -> bool:
+            peaks_pending.wait()
+            if not bool(torch.isfinite(peaks).all()):
+                raise CollectiveError("non-finite weights at a sync (diverged: try a smaller lr or check the data)")
+            self._fields.copy_(quantize_(self.residuals, peaks, self.L).view(-1)[:n])
+            fields_pending.append(self.world.iallreduce_(self._wire, kind="sync", fields=True))
+            return False
+
+        def finish() -> torch.Tensor:
+            if not fields_pending:
+                send_fields()
+            fields_pending[0].wait()
+            mean_q = decode_mean_(self._decoded.view(self.blocks, BLOCK), self._fields, peaks, self.L, self.K)
+            return torch.add(ref, mean_q.view(-1)[:n])
+
+        return MeanInFlight([send_fields, lambda: fields_pending[0].test()], finish)
+
     def _add_drifts(self, workers: list[FlatModel], ref: torch.Tensor) -> None:
         """v_k = (w_k - w0) + e_k, kept in e_k's buffer: w_k - w0 first, as w_k and w0 are close
         (it loses no bits then), where (w_k + e_k) - w0 would round e_k to w_k's precision."""
@@ -199,6 +243,26 @@ class QuantizedMean:
 
     def load_worker_state_dict(self, j: int, state: dict) -> None:
         self.residuals[j].copy_(state["residual"])
+
+
+class MeanInFlight:
+    """A mean on its way: `advance()` once per step runs the next of `stages` (each lets MPI progress
+    and says whether the next may run), `wait()` completes it and returns the mean (a new tensor)."""
+
+    def __init__(self, stages, finish):
+        self._stages, self._finish = list(stages), finish
+        self._stage = 0
+        self.ready_before_wait = False
+
+    def advance(self) -> None:
+        if self._stage < len(self._stages):
+            done = self._stages[self._stage]()
+            if done or self._stage < len(self._stages) - 1:
+                self._stage += 1
+            self.ready_before_wait = self._stage == len(self._stages)
+
+    def wait(self) -> torch.Tensor:
+        return self._finish()
 
 
 def make_averaging(compression: str, world, K: int, workers: list[FlatModel]):

@@ -93,6 +93,9 @@ class Config(BaseModel):
     max_epochs: int = Field(10, ge=1)
     sync_optimizer_state: Literal["keep", "reset", "average"] = "keep"
     sync_compression: Literal["none", "int16", "int8"] = "none"
+    # overlapped syncs: a sync's model Allreduce travels while steps t+1 .. t+sync_delay compute,
+    # and lands at step t+sync_delay with each worker's progress since t added (0: at step t)
+    sync_delay: int = Field(0, ge=0, le=1000)
     workers_per_rank: int = Field(1, ge=1)
 
     # evaluation, logging, checkpoints
@@ -178,6 +181,11 @@ class Config(BaseModel):
         if self.check_lag and self.strategy not in LAGGED_CHECKS:
             raise ValueError(f"check_lag applies to strategy={' or '.join(LAGGED_CHECKS)} only "
                              f"(strategy={self.strategy} {'checks once per epoch' if self.strategy == 'fda_opt' else 'makes no checks'})")
+        if self.sync_delay and self.strategy == "synchronous":
+            raise ValueError("sync_delay needs steps between syncs (strategy=synchronous syncs at every step)")
+        if self.sync_delay and self.strategy in ("fedavg", "diloco") and self.sync_delay >= self.resolved("tau"):
+            raise ValueError(f"sync_delay={self.sync_delay} must be below tau={self.resolved('tau')}: "
+                             "a sync must land before the next one starts")
         return self
 
     def to_json(self) -> str:

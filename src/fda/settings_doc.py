@@ -66,6 +66,10 @@ DESCRIPTIONS = {
     "check_lag": ("fda, kamp: pipelined checks: the state of step t travels in a non-blocking Allreduce while "
                   "steps t+1 .. t+L compute, and the sync decision on it is taken at step t+L on every rank "
                   "(a state measured before a sync decides nothing); 0: decide at step t"),
+    "sync_delay": ("overlapped syncs: a sync triggered at step t averages the models of step t in a "
+                   "non-blocking Allreduce while steps t+1 .. t+τ compute, and lands at step t+τ as the new "
+                   "global model plus each worker's progress since t (docs/algorithm.md, \"Overlapped syncs\"); "
+                   "below the sync period; 0: the sync waits for its Allreduce"),
     "sketch_depth": "monitor=sketch: the AMS sketch's rows l",
     "sketch_width": "monitor=sketch: the AMS sketch's columns m",
     "sketch_correction": "monitor=sketch: the ε in H = mean ‖u_k‖² - M2/(1+ε); delta derives it from "

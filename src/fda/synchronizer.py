@@ -4,7 +4,8 @@ Call `step()` after every local optimizer step. A step is: pack (this rank's los
 checked step, its monitor state from the native drift kernel), exchange (ONE small Allreduce
 of that buffer, plus the monitor's own MAX for Kamp's rule), decide (the strategy's rule on the
 reduced values, the same on every rank), sync (when it says so: ONE Allreduce of a contiguous
-flat buffer, float32 or quantized, then the outer update) and record (the log row).
+flat buffer, float32 or quantized, then the outer update; with sync_delay it travels while the
+next steps compute and lands later, `fda.sync.delayed`) and record (the log row).
 The parts live in `fda.sync`; this class only wires them together.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fda.outer import make_outer
 from fda.strategies import make_strategy
 from fda.sync import records
 from fda.sync.accounting import FLOAT_BYTES, Accounting, Stopwatch, synchronous_bytes
+from fda.sync.delayed import DelayedSync
 from fda.sync.exchange import DivergedLocally, StepExchange
 from fda.sync.optimizer_state import sync_optimizer_state
 from fda.sync.records import RunRecords
@@ -81,6 +83,7 @@ class Synchronizer:
         self._reference = self._make_reference()
         self._sync = make_sync_variant(self._averaging, self.outer,
                                        measure_variance=self.strategy.wants_sync_variance)
+        self._delayed = self._make_delayed_sync()
         self._exchange = StepExchange(self.world, self.K, self._workers[0].device, lag=cfg.check_lag,
                                       state_op=self.monitor.reduce_op if self.monitor else "sum",
                                       from_reduced=self.monitor.from_reduced if self.monitor else None)
@@ -101,11 +104,26 @@ class Synchronizer:
         return GlobalReference(self._workers[0].flat, self.d, seed=self.cfg.seed,
                                with_xi=self.monitor is not None and self.monitor.uses_xi)
 
+    def _make_delayed_sync(self) -> DelayedSync | None:
+        delay, period = self.cfg.sync_delay, getattr(self.strategy, "period", None)
+        if not delay:
+            return None
+        if period is not None and delay >= period:
+            raise ConfigError(f"sync_delay={delay} must be below the sync period ({period} steps): "
+                              "a sync must land before the next one starts")
+        return DelayedSync(delay)
+
+    @property
+    def sync_in_flight(self) -> bool:
+        """A sync started (sync_delay >= 1) has not landed yet."""
+        return self._delayed is not None and self._delayed.in_flight
+
     def _reset_counters(self) -> None:
         self.step_count = 0
         self.syncs = 0
         self.last_bound = math.nan
         self.last_synced = False
+        self._models_agree = False  # every worker holds the same model now (right after a blocking sync)
         self.stop_requested = False  # some rank got SIGTERM/SIGUSR1 (fda.preemption): stop after this step
         self.mean_loss = math.nan
         self.last_eval = records.NO_EVAL
@@ -134,7 +152,8 @@ class Synchronizer:
         outer = f", outer={self.outer.describe()}" if self.outer is not None else ""
         width = f", sync {self._averaging.name}" if self._averaging.name != "none" else ""
         lag = f", check_lag={self.cfg.check_lag}" if self.cfg.check_lag else ""
-        return self.strategy.describe() + lag + outer + width
+        delay = f", sync_delay={self.cfg.sync_delay}" if self.cfg.sync_delay else ""
+        return self.strategy.describe() + lag + delay + outer + width
 
     # -------------------------------------------------------------------- step
     @property
@@ -148,6 +167,7 @@ class Synchronizer:
 
         loss: this step's training loss: a float or a tensor (e.g. `loss.detach()`: reading it
         does not synchronise the GPU), or one per hosted worker.
+        With sync_delay, True at the step a sync starts; it lands sync_delay steps later.
         Afterwards `stop_requested` is True on every rank when any rank got SIGTERM or SIGUSR1
         (after `fda.preemption.install()`): save a checkpoint, `close("interrupted")` and exit
         with `fda.preemption.RESUMABLE_EXIT`.
@@ -162,10 +182,14 @@ class Synchronizer:
         bound = self._bound(mean_state)
         if totals is not None and totals.mean_state is not None:
             self.strategy.after_check(totals.step, step, bound)
-        synced = self.strategy.decide(step, bound)
-        if synced:
+        lands = self.sync_in_flight and self._delayed.is_due(step)
+        synced = not self.sync_in_flight and self.strategy.decide(step, bound)
+        if synced or lands:
             self._clock.restart_lap()
-            self._synchronize(mean_state)
+            if synced:
+                self._synchronize(mean_state)
+            else:
+                self._land_sync()
             times["comm"] += self._clock.lap()
         if self.cfg.check_lag:
             var_exact = totals.extra if mean_state is not None else math.nan
@@ -177,7 +201,7 @@ class Synchronizer:
         the losses since the last exchange; a schedule's losses at evaluation steps only (as evaluation
         traffic). Without one the step makes no collective: a non-finite loss is this rank's failure,
         and the losses wait for the next exchange. Returns the totals due at this step, or None."""
-        if self.strategy.wants_check(step):
+        if not self.sync_in_flight and self.strategy.wants_check(step):
             self._exchange.start(step=step, state_size=self.monitor.state_size, fill_state=self._local_state,
                                  generation=self.syncs, extra=var_exact)
         elif self.monitor is None and self.should_evaluate():
@@ -188,6 +212,8 @@ class Synchronizer:
             self._exchange.skip()
         times["monitor"] = self._clock.lap()
         self._exchange.poke()
+        if self._delayed is not None:
+            self._delayed.advance()
         return self._exchange.due(step)
 
     def _begin_step(self) -> int:
@@ -228,14 +254,30 @@ class Synchronizer:
 
     def _synchronize(self, mean_state) -> None:
         mean_sqnorm = self.monitor.mean_sqnorm(mean_state) if mean_state is not None else math.nan
+        if self._delayed is not None:  # it lands sync_delay steps later (_land_sync)
+            ref = self._reference.flat if self._reference is not None else None
+            self._delayed.start(self.step_count, self._averaging, self._workers, ref, mean_sqnorm)
+            self._count_sync()
+            return
         var_at_sync = self._sync.sync(self._workers, self._reference, mean_sqnorm)
-        sync_optimizer_state(self.cfg.sync_optimizer_state, self.optimizers, self.world, self.K)
+        self._count_sync()
+        self._after_sync(var_at_sync)
+
+    def _land_sync(self) -> None:
+        self._after_sync(self._delayed.apply(self._sync, self._workers, self._reference, self.world, self.K))
+
+    def _count_sync(self) -> None:
+        # at the start: a check measured before it, even one waited on later, is stale (_fresh_state)
         self.syncs += 1
         self._accounting.count_sync(self.K, self._averaging.wire_bytes(self.d), self.d)
+
+    def _after_sync(self, var_at_sync: float) -> None:
+        sync_optimizer_state(self.cfg.sync_optimizer_state, self.optimizers, self.world, self.K)
         self.strategy.after_sync(self.step_count, var_at_sync)
 
     def _end_step(self, totals, bound: float, var_exact: float, synced: bool, times: dict) -> None:
         self.last_bound, self.last_synced = bound, synced
+        self._models_agree = synced and self._delayed is None
         # the stop agreement, on every rank at the end of every step (fda.comm.stops): no collective
         self.stop_requested = self.world.stop_requested_after(self.step_count)
         loss = totals.mean_loss if totals is not None else math.nan
@@ -332,7 +374,7 @@ class Synchronizer:
         target = self._eval_flat
         # frozen parameters and non-float32 buffers are outside the flat buffer: take worker 0's current ones
         target.module.load_state_dict(self._workers[0].module.state_dict())
-        if self.last_synced or self.K == 1:
+        if self._models_agree or self.K == 1:
             target.flat.copy_(self._workers[0].flat)
         else:
             target.flat.copy_(local_sum(self._workers))
@@ -360,12 +402,16 @@ class Synchronizer:
             "strategy": self.describe(), "state_kernel": kernels.backend(),
             # pipelined checks (check_lag): exchanges waited on, and of those complete before the wait
             "exchanges_waited": self._exchange.waited, "exchanges_ready_at_wait": self._exchange.ready_at_wait,
+            **({"syncs_landed": self._delayed.applied, "syncs_ready_at_landing": self._delayed.ready_at_apply}
+               if self._delayed is not None else {}),
         }
 
     def close(self, status: str = "completed", error: str = "", extra: dict | None = None) -> dict:
         """Flush and close the log (status completed, failed, or interrupted: then the log also
         records `stopped_at_step`); returns the run summary, with `extra` (numbers, also logged)."""
         self._exchange.discard()
+        if self._delayed is not None:
+            self._delayed.discard()
         summary = {**self.summary(), **(extra or {})}
         self._records.close(status, error, summary, final_test_acc=self.last_eval[0],
                             stopped_at_step=self.step_count)
@@ -387,6 +433,7 @@ class Synchronizer:
             "strategy": self.strategy.state_dict(),
             "outer": None if self.outer is None else self.outer.state_dict(),
             "exchange": self._exchange.state_dict(),
+            "delayed_sync": self._delayed.state_dict() if self._delayed is not None else None,
             "config": self.cfg.to_json(),
         }
 
@@ -402,12 +449,17 @@ class Synchronizer:
         if self.outer is not None:
             self.outer.load_state_dict(state["outer"])
         self._exchange.load_state_dict(state.get("exchange", {}))
+        if self._delayed is not None:
+            self._delayed.load_state_dict(state["delayed_sync"], self._workers[0].device)
 
     def worker_state_dict(self, j: int) -> dict:
         """What the synchronizer keeps for hosted worker j alone (its compression residual, its losses
         not yet exchanged), to be checkpointed with that worker's model: it differs from worker to worker."""
-        return {**self._averaging.worker_state_dict(j), **self._exchange.worker_state_dict(j)}
+        delayed = self._delayed.worker_state_dict(j) if self._delayed is not None else {}
+        return {**self._averaging.worker_state_dict(j), **self._exchange.worker_state_dict(j), **delayed}
 
     def load_worker_state_dict(self, j: int, state: dict) -> None:
         self._averaging.load_worker_state_dict(j, state)
         self._exchange.load_worker_state_dict(j, state, len(self._workers))
+        if self._delayed is not None:
+            self._delayed.load_worker_state_dict(j, state, len(self._workers), self._workers[0].device)

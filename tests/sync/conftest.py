@@ -45,6 +45,10 @@ class OneRankWorld:
         self._count("iallreduce_to_host", op, kind, 2 * t.numel() * t.element_size())
         return PendingOnOneRank(t.detach().cpu().numpy().copy(), ready_after_tests=self.ready_after_tests)
 
+    def iallreduce_(self, t, op="sum", kind="sync", fields=False):
+        self._count("iallreduce_", "sum" if fields else op, kind, 2 * t.numel() * t.element_size())
+        return PendingOnOneRank(t, ready_after_tests=self.ready_after_tests)
+
     def allreduce_(self, t, op="sum", kind="train"):
         self._count("allreduce_", op, kind, 2 * t.numel() * t.element_size())
         return t

@@ -142,6 +142,31 @@ class Comm:
                                    kind=kind, nbytes=2 * arr.nbytes * self.size)
         return PendingAllreduce(request, arr, lambda r: self._collective(f"wait on a {kind} Iallreduce", r.Wait))
 
+    def iallreduce_(self, t: torch.Tensor, op: str = "sum", kind: str = "sync", *, fields: bool = False) -> PendingAllreduce:
+        """Start a non-blocking in-place Allreduce of a contiguous tensor (a model, for an overlapped
+        sync): `t` holds the reduced values once `wait()` returns, and must not be touched before.
+        fields: an exact SUM of packed integer fields (see `allreduce_fields_`). A GPU tensor is
+        staged through a host copy of its own, so other collectives may use the staging meanwhile."""
+        if not t.is_contiguous():
+            raise ValueError("iallreduce_ needs a contiguous tensor")
+        if fields and (t.dtype != torch.uint8 or t.numel() % 8):
+            raise ValueError("iallreduce_ of fields needs a uint8 tensor of a multiple of 8 bytes")
+        finish = None
+        if t.device.type == "cpu":
+            buf = t.numpy()
+        elif self.cuda_aware:
+            torch.cuda.current_stream().synchronize()
+            buf = t
+        else:
+            host = torch.empty(t.numel(), dtype=t.dtype, pin_memory=True)
+            host.copy_(t.reshape(-1))
+            buf = host.numpy()
+            finish = lambda: t.copy_(host.view_as(t))  # noqa: E731
+        message = [buf, t.numel() // 8, MPI.UINT64_T] if fields else buf
+        request = self._collective(f"{kind} Iallreduce", self.comm.Iallreduce, MPI.IN_PLACE, message,
+                                   op=MPI.SUM if fields else _OPS[op], kind=kind, nbytes=2 * _nbytes(t) * self.size)
+        return PendingAllreduce(request, t, lambda r: self._collective(f"wait on a {kind} Iallreduce", r.Wait), finish)
+
     def allreduce_(self, t: torch.Tensor, op: str = "sum", kind: str = "train") -> torch.Tensor:
         """In-place Allreduce of one contiguous tensor."""
         if not t.is_contiguous():

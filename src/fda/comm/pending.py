@@ -14,8 +14,10 @@ import numpy as np
 
 
 class PendingAllreduce:
-    def __init__(self, request, buffer: np.ndarray, wait: Callable):
-        self._request, self._buffer, self._wait = request, buffer, wait
+    """`finish`, if given, runs once at the end of `wait()` (a staged buffer copied back to its tensor)."""
+
+    def __init__(self, request, buffer, wait: Callable, finish: Callable[[], None] | None = None):
+        self._request, self._buffer, self._wait, self._finish = request, buffer, wait, finish
         self._done = False
         self.ready_before_wait = False
 
@@ -30,4 +32,7 @@ class PendingAllreduce:
         if not self._done:
             self._wait(self._request)
             self._done = True
+        if self._finish is not None:
+            self._finish()
+            self._finish = None
         return self._buffer

@@ -11,7 +11,9 @@ model out of the mean:
   threshold from the variance of the models averaged (FDA-Opt) measures it here first, while
   w0 is still the old one. Then one pass makes the result the global model everywhere.
 
-`SyncVariant.sync` is the same for all; a variant overrides `_perform_sync` only.
+`SyncVariant.sync` is the same for all; a variant overrides `_perform_sync` only. An overlapped
+sync (`fda.sync.delayed`) receives the mean later and asks the variant for the next global model
+from it (`global_from_mean`): the same rule, applied to a mean that arrived.
 """
 from __future__ import annotations
 
@@ -43,6 +45,17 @@ class SyncVariant:
     def _perform_sync(self, workers, reference, mean_sqnorm: float) -> float:
         raise NotImplementedError
 
+    def global_from_mean(self, mean: torch.Tensor, reference: GlobalReference | None, mean_sqnorm: float) -> float:
+        """The next global flat model from the mean over the K workers, in `mean` (in place); the
+        reference (w0, and xi as new - old) refreshed; xi not yet normalised. Returns as `sync`."""
+        var_at_sync = self._next_global_(mean, reference, mean_sqnorm)
+        if reference is not None:
+            kernels.mean_epilogue_(mean, 1, ref=reference.flat, update=reference.xi)
+        return var_at_sync
+
+    def _next_global_(self, mean, reference, mean_sqnorm: float) -> float:
+        return math.nan
+
 
 class PlainMean(SyncVariant):
     """The mean over the K workers becomes the global model as it is (FedAvg, FDA, Synchronous)."""
@@ -63,13 +76,18 @@ class OuterStep(SyncVariant):
 
     def _perform_sync(self, workers, reference, mean_sqnorm: float) -> float:
         target = self.averaging.average_(workers, reference.flat, becomes_global=False)
-        mean = target[:reference.params.numel()]
-        var_at_sync = self._variance(mean, reference.params, mean_sqnorm)
-        if self.outer is not None:
-            self.outer.step(reference.params, mean)
+        var_at_sync = self._next_global_(target, reference, mean_sqnorm)
         # target holds the next global model already (divisor 1: exact): the update, w0, the copies
         kernels.mean_epilogue_(target, 1, ref=reference.flat, update=reference.xi,
                                copies=[w.flat for w in workers[1:]])
+        return var_at_sync
+
+    def _next_global_(self, mean, reference, mean_sqnorm: float) -> float:
+        """The outer step from w0 (old) with the mean's parameters, after measuring their variance."""
+        params = mean[:reference.params.numel()]
+        var_at_sync = self._variance(params, reference.params, mean_sqnorm)
+        if self.outer is not None:
+            self.outer.step(reference.params, params)
         return var_at_sync
 
     def _variance(self, mean: torch.Tensor, w0: torch.Tensor, mean_sqnorm: float) -> float:
