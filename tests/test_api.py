@@ -259,6 +259,36 @@ def test_step_returns_whether_it_synced(ctx, monitor):
 
 
 @pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("compression", ["none", "int8"])
+def test_an_overlapped_sync_lands_the_same_global_model_on_every_rank(ctx, compression):
+    torch.manual_seed(0)
+    model = Mixed()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    # theta 0: a sync at every check, so at steps 1, 5 and 9 (a check starts the step after a landing)
+    sync = fda.Synchronizer(model, ctx, strategy="fda", monitor="linear", theta=0, sync_delay=3,
+                            sync_compression=compression)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    flat = lambda: torch.cat([p.detach().reshape(-1) for p in trainable])  # noqa: E731
+    for i in range(1, 12):
+        loss = train_step(model, opt, *rank_batch(ctx, salt=i))
+        before = flat()
+        assert sync.step(loss=loss) == (i % 4 == 1)
+        if i % 4 == 1:
+            at_start = before
+        if i in (4, 8):  # the sync of step i - 3 lands: G + this rank's progress since step 5
+            G = sync.reference.params.clone()
+            assert everywhere(ctx, all(torch.equal(g, G) for g in gathered(ctx, G)))
+            assert everywhere(ctx, torch.equal(flat(), G + (before - at_start)))
+            mean = torch.stack(gathered(ctx, at_start)).mean(0)
+            tol = 1e-6 if compression == "none" else 0.05 * float(mean.abs().max())
+            assert everywhere(ctx, torch.allclose(G, mean, atol=tol))
+        else:
+            assert everywhere(ctx, torch.equal(flat(), before))
+    assert sync.sync_in_flight  # the sync of step 9 lands at step 12
+    sync.close()
+
+
+@pytest.mark.mpi(min_size=2)
 def test_averaged_model_leaves_local_models_alone(ctx):
     torch.manual_seed(0)
     model = Mixed()

@@ -1,6 +1,7 @@
 """The network model of `fda report --network`: parsing, each Allreduce algorithm's arithmetic and
 MPICH's choice between them, and a run's modelled time to target from its step arrays, each
 against a hand computation."""
+import json
 import math
 
 import numpy as np
@@ -244,6 +245,31 @@ def test_a_lagged_exchange_costs_only_what_outlasts_its_compute():
         m = model_run(steps, attrs, 6, net)
         assert m.total == pytest.approx(6 * c + max(0.0, T - lag * c), rel=1e-12), (lag, net)
         assert m.messages[0].lag == lag and m.messages[0].costs[0].algorithm == "recursive_doubling"
+
+
+@pytest.mark.parametrize("delay", [1, 2, 4])
+def test_an_overlapped_sync_costs_only_what_outlasts_the_steps_it_overlaps(delay):
+    """Syncs at steps 3 and 6 (no exchanges), each started at the end of its step and waited on
+    `delay` steps later: max(0, T - D c) each, where the D steps exist before the target."""
+    K, c = 4, 0.05 + 0.005
+    steps, attrs = _log(K=K, state_floats=0, exchange=(0, 0, 0))
+    steps["time_compute"] = np.full(6, 0.1)
+    steps["var_bound"] = np.full(6, math.nan)
+    steps["comm_bytes"] = np.cumsum(steps["synced"] * 2 * K * 4 * 1000)
+    attrs["config"] = json.dumps({"sync_delay": delay})
+    for net in (NET, Network("slow", 1e6, 0.02)):
+        T = allreduce_cost(4000, K, net, blocking=False).seconds   # Rabenseifner, 4 rounds
+        assert T == pytest.approx(4 * net.latency + 1.5 * 4000 / net.bandwidth)
+        m = model_run(steps, attrs, 6, net)
+        # step 3's sync lands at 3 + D (a stall of max(0, T - D c) there if 3 + D <= 6); step 6's after the target
+        stall = max(0.0, T - delay * c) if 3 + delay <= 6 else 0.0
+        assert m.total == pytest.approx(6 * c + stall, rel=1e-12), (delay, net.name)
+        assert m.sync == pytest.approx(stall, rel=1e-9, abs=1e-15) and m.exchange_wait == pytest.approx(0, abs=1e-12)
+        sync = [x for x in m.messages if x.kind == "sync"][0]
+        assert (sync.lag, sync.count) == (delay, 2) and f"waited {delay} steps later" in sync.describe()
+    attrs["config"] = json.dumps({"sync_delay": 0})
+    T = allreduce_cost(4000, K, NET).seconds
+    assert model_run(steps, attrs, 6, NET).total == pytest.approx(6 * c + 2 * T, rel=1e-12)  # blocking: in full
 
 
 def test_exchanges_in_flight_together_overlap_each_other():

@@ -24,7 +24,10 @@ def _run(*args, n=2, timeout=300):
     ["sync_compression=int8", "server_optimizer=nesterov", "server_lr=0.7"],  # + the residuals
     ["check_lag=3", "theta=0.5"],  # exchanges in flight at every checkpoint
     ["check_every=auto", "check_lag=1", "theta=0.5"],  # the adaptive schedule's state
-], ids=["fda", "diloco", "int8-fda-nesterov", "fda-check_lag3", "fda-check_auto"])
+    # a sync in flight at every checkpoint (they fall at multiples of 40), its fields sent a step later
+    ["strategy=fedavg", "tau=8", "sync_delay=3", "sync_compression=int8", "server_optimizer=nesterov",
+     "server_lr=0.7"],
+], ids=["fda", "diloco", "int8-fda-nesterov", "fda-check_lag3", "fda-check_auto", "fedavg-sync_delay3"])
 def test_kill_and_resume_equals_uninterrupted_run(tmp_path, extra):
     a, b = tmp_path / "a", tmp_path / "b"
     settings = [*SETTINGS, *extra]

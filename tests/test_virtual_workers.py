@@ -16,8 +16,9 @@ def steps_of(out):
         return {n: f["steps"][n][()] for n in f["steps"]}, {n: f["evals"][n][()] for n in f["evals"]}
 
 
-@pytest.mark.parametrize("extra", [[], ["sync_compression=int8", "server_optimizer=nesterov", "server_lr=0.7"]],
-                         ids=["float32", "int8-nesterov"])
+@pytest.mark.parametrize("extra", [[], ["sync_compression=int8", "server_optimizer=nesterov", "server_lr=0.7"],
+                                   ["sync_delay=2"], ["sync_delay=3", "sync_compression=int8"]],
+                         ids=["float32", "int8-nesterov", "overlapped", "overlapped-int8"])
 def test_same_metrics_for_any_split_of_k_workers(tmp_path, extra):
     logs = {}
     for ranks, per_rank in ((4, 1), (2, 2), (1, 4)):

@@ -200,30 +200,41 @@ class QuantizedMean:
 
     def start_mean(self, workers: list[FlatModel], ref: torch.Tensor) -> "MeanInFlight":
         """ref + mean_k Q(v_k) of the models now, on its way: the scales' MAX travels until the first
-        `advance()`, the fields' sum from then on (see the module docstring). The residuals become
-        the new ones at that first advance."""
+        `advance()`, the fields' sum from then on (see the module docstring). The residuals hold
+        v_k until that first advance, and the new e_k from then on."""
         self._add_drifts(workers, ref)
         peaks = block_peaks(self.residuals, self.blocks)
-        peaks_pending = self.world.iallreduce_(peaks, "max", kind="sync")
+        return self._mean_in_flight(ref, peaks, self.world.iallreduce_(peaks, "max", kind="sync"))
+
+    def resume_mean(self, ref: torch.Tensor, scales: torch.Tensor) -> "MeanInFlight":
+        """A mean checkpointed before its fields were sent (`MeanInFlight.state_dict`): the scales
+        are known, the residuals (restored with the workers) still hold v_k."""
+        return self._mean_in_flight(ref, scales.to(ref.device), None)
+
+    def _mean_in_flight(self, ref: torch.Tensor, peaks: torch.Tensor, peaks_pending) -> "MeanInFlight":
         n = ref.numel()
         fields_pending = []
 
+        def scales() -> torch.Tensor:
+            if peaks_pending is not None:
+                peaks_pending.wait()
+            return peaks
+
         def send_fields() -> bool:
-            peaks_pending.wait()
-            if not bool(torch.isfinite(peaks).all()):
+            if not bool(torch.isfinite(scales()).all()):
                 raise CollectiveError("non-finite weights at a sync (diverged: try a smaller lr or check the data)")
             self._fields.copy_(quantize_(self.residuals, peaks, self.L).view(-1)[:n])
             fields_pending.append(self.world.iallreduce_(self._wire, kind="sync", fields=True))
             return False
 
         def finish() -> torch.Tensor:
-            if not fields_pending:
-                send_fields()
             fields_pending[0].wait()
             mean_q = decode_mean_(self._decoded.view(self.blocks, BLOCK), self._fields, peaks, self.L, self.K)
             return torch.add(ref, mean_q.view(-1)[:n])
 
-        return MeanInFlight([send_fields, lambda: fields_pending[0].test()], finish)
+        # before the fields are sent, a checkpoint keeps the scales (waiting on them starts nothing)
+        return MeanInFlight([send_fields, lambda: fields_pending[0].test()], finish,
+                            before_first=lambda: {"scales": scales().cpu().clone()})
 
     def _add_drifts(self, workers: list[FlatModel], ref: torch.Tensor) -> None:
         """v_k = (w_k - w0) + e_k, kept in e_k's buffer: w_k - w0 first, as w_k and w0 are close
@@ -247,11 +258,15 @@ class QuantizedMean:
 
 class MeanInFlight:
     """A mean on its way: `advance()` once per step runs the next of `stages` (each lets MPI progress
-    and says whether the next may run), `wait()` completes it and returns the mean (a new tensor)."""
+    and says whether the next may run; the first one always runs once, at the first step after the
+    start), `wait()` completes it and returns the mean (a new tensor; it runs the first stage if no
+    step has, so call it on every rank). `state_dict()` starts no collective, only waits for those
+    started: one rank alone may call it (rank 0 writes the checkpoint)."""
 
-    def __init__(self, stages, finish):
-        self._stages, self._finish = list(stages), finish
+    def __init__(self, stages, finish, before_first=None):
+        self._stages, self._finish, self._before_first = list(stages), finish, before_first
         self._stage = 0
+        self._mean: torch.Tensor | None = None
         self.ready_before_wait = False
 
     def advance(self) -> None:
@@ -262,7 +277,17 @@ class MeanInFlight:
             self.ready_before_wait = self._stage == len(self._stages)
 
     def wait(self) -> torch.Tensor:
-        return self._finish()
+        if self._mean is None:
+            if self._stage == 0 and self._before_first is not None:
+                self.advance()  # the collective every rank starts at its first step after the start
+            self._mean = self._finish()
+        return self._mean
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps of it (the same on every rank): the mean, or what comes before it."""
+        if self._stage == 0 and self._before_first is not None:
+            return self._before_first()
+        return {"mean": self.wait().cpu().clone()}
 
 
 def make_averaging(compression: str, world, K: int, workers: list[FlatModel]):

@@ -24,8 +24,10 @@ What is priced, row by row of the step log (`run_traffic`):
   the rank did meanwhile, on the critical path of the replay (`_replay`): for an exchange alone
   in flight, max(0, T - L c) with c a step's compute; exchanges in flight together also travel
   during each other's waits;
-- each sync: one blocking Allreduce of the model at the width it sends, its size from the paper
-  accounting in the log (a sync adds 2 K n_sync bytes to comm_bytes);
+- each sync: one Allreduce of the model at the width it sends, its size from the paper
+  accounting in the log (a sync adds 2 K n_sync bytes to comm_bytes): blocking, or with
+  sync_delay = D (the run's config) a non-blocking one that travels while the D steps after its
+  start compute and is waited on at the last of them, so only what outlasts them is paid;
 - compute: the median step time (one worker's share when a rank hosted W workers) for every
   step, plus the monitor's kernel time logged at each step.
 
@@ -36,6 +38,7 @@ them: its checks only (steps with a finite var_bound), each a blocking Allreduce
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -241,6 +244,7 @@ class Traffic:
     step_compute: float         # one worker's compute per step (median), seconds
     monitor: np.ndarray         # one worker's monitor (state kernel) time per step, seconds
     from_exchange_columns: bool  # False: an older log, its checks stand for the exchanges
+    sync_delay: int = 0          # steps of compute a sync's Allreduce overlaps (0: blocking)
 
 
 def run_traffic(steps: dict, attrs: dict) -> Traffic:
@@ -267,7 +271,14 @@ def run_traffic(steps: dict, attrs: dict) -> Traffic:
                    item_bytes=item_bytes, second_call_bytes=second,
                    step_compute=float(np.nanmedian(compute)) / W if compute.size else 0.0,
                    monitor=np.nan_to_num(np.asarray(steps["time_monitor"], dtype=float)) / W,
-                   from_exchange_columns="exchange_bytes" in steps)
+                   from_exchange_columns="exchange_bytes" in steps, sync_delay=_sync_delay(attrs))
+
+
+def _sync_delay(attrs: dict) -> int:
+    try:
+        return int(json.loads(attrs.get("config") or "{}").get("sync_delay") or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _call_sizes(total: float, calls: int, second: float) -> tuple[float, ...]:
@@ -308,7 +319,7 @@ class ModelledTime:
     total: float
     compute: float        # steps x median step + monitor time
     exchange_wait: float  # what the step exchanges added to the critical path
-    sync: float           # the syncs' Allreduces
+    sync: float           # what the syncs' Allreduces added to the critical path
     messages: tuple[Message, ...]
 
     def describe(self) -> list[str]:
@@ -339,20 +350,23 @@ def _sync_prices(t: Traffic, rows: np.ndarray, K: int, net: Network) -> tuple[np
     synced = t.synced[rows]
     sizes = t.sync_bytes[rows]
     for n in np.unique(sizes[synced]):
-        cost = allreduce_cost(float(n), K, net)
+        cost = allreduce_cost(float(n), K, net, blocking=t.sync_delay == 0)
         same = synced & (sizes == n)
         seconds[same] = cost.seconds
-        messages.append(Message("sync", (float(n),), 0, int(np.count_nonzero(same)), (cost,)))
+        messages.append(Message("sync", (float(n),), t.sync_delay, int(np.count_nonzero(same)), (cost,)))
     return seconds, messages
 
 
 def _replay(step: np.ndarray, compute: float, monitor: np.ndarray, exchange: np.ndarray, lag: np.ndarray,
-            sync: np.ndarray) -> float:
-    """The end of the last step on the critical path. A step computes, starts its exchange (a
-    blocking one completes before the step goes on), waits on the exchange due at this step
-    (started ``lag`` steps before: it has travelled since its start), then syncs."""
-    end = 0.0
-    due: dict[int, float] = {}  # step -> when the exchange waited on at that step completes
+            sync: np.ndarray, sync_delay: int = 0) -> tuple[float, float]:
+    """The end of the last step on the critical path, and the syncs' share of it. A step
+    computes, starts its exchange (a blocking one completes before the step goes on), waits on
+    the exchange due at this step (started ``lag`` steps before: it has travelled since its
+    start), then on the sync due at this step (started ``sync_delay`` steps before), then syncs
+    (a blocking sync completes here; an overlapped one starts)."""
+    end = sync_paid = 0.0
+    due: dict[int, float] = {}       # step -> when the exchange waited on at that step completes
+    sync_due: dict[int, float] = {}  # step -> when the sync that lands at that step completes
     for s, mon, ex, l, sy in zip(step.tolist(), monitor.tolist(), exchange.tolist(), lag.tolist(), sync.tolist()):
         start = end + compute + mon
         end = start
@@ -360,8 +374,16 @@ def _replay(step: np.ndarray, compute: float, monitor: np.ndarray, exchange: np.
             end += ex
         elif ex > 0:
             due[s + l] = max(due.get(s + l, 0.0), start + ex)
-        end = max(end, due.pop(s, 0.0)) + sy
-    return end
+        end = max(end, due.pop(s, 0.0))
+        landed = max(end, sync_due.pop(s, 0.0))
+        sync_paid += landed - end
+        end = landed
+        if sync_delay <= 0:
+            end += sy
+            sync_paid += sy
+        elif sy > 0:
+            sync_due[s + sync_delay] = end + sy
+    return end, sync_paid
 
 
 def model_run(steps: dict, attrs: dict, target_step: int | None, net: Network) -> ModelledTime | None:
@@ -375,10 +397,10 @@ def model_run(steps: dict, attrs: dict, target_step: int | None, net: Network) -
     exchange, exchange_kinds = _exchange_prices(t, rows, K, net)
     sync, sync_kinds = _sync_prices(t, rows, K, net)
     compute = rows.size * t.step_compute + float(np.sum(t.monitor[rows]))
-    total = _replay(t.step[rows], t.step_compute, t.monitor[rows], exchange, t.exchange_lag[rows], sync)
-    sync_total = float(np.sum(sync))
-    return ModelledTime(total=total, compute=compute, exchange_wait=max(0.0, total - compute - sync_total),
-                        sync=sync_total, messages=tuple(exchange_kinds + sync_kinds))
+    total, sync_paid = _replay(t.step[rows], t.step_compute, t.monitor[rows], exchange, t.exchange_lag[rows],
+                               sync, t.sync_delay)
+    return ModelledTime(total=total, compute=compute, exchange_wait=max(0.0, total - compute - sync_paid),
+                        sync=sync_paid, messages=tuple(exchange_kinds + sync_kinds))
 
 
 def modelled_time_to_target(steps: dict, attrs: dict, target_step: int | None, net: Network) -> float | None:

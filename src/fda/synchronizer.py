@@ -450,7 +450,8 @@ class Synchronizer:
             self.outer.load_state_dict(state["outer"])
         self._exchange.load_state_dict(state.get("exchange", {}))
         if self._delayed is not None:
-            self._delayed.load_state_dict(state["delayed_sync"], self._workers[0].device)
+            ref = self._reference.flat if self._reference is not None else None
+            self._delayed.load_state_dict(state["delayed_sync"], self._averaging, ref, self._workers[0].device)
 
     def worker_state_dict(self, j: int) -> dict:
         """What the synchronizer keeps for hosted worker j alone (its compression residual, its losses

@@ -119,9 +119,12 @@ def test_a_checkpoint_in_flight_resumes_to_the_same_bits(world, seeded, name):
     straight.start(7, variant.averaging, workers, reference.flat, math.nan)
     first = DelayedSync(2)
     first.start(7, twin_variant.averaging, twins, twin_ref.flat, math.nan)
+    calls = len(world.calls)
     saved = copy.deepcopy((first.state_dict(), [first.worker_state_dict(j) for j in range(K)]))
+    assert len(world.calls) == calls, "a checkpoint (rank 0 alone) must start no collective"
+    assert ("scales" if name == "int8" else "mean") in saved[0]
     resumed = DelayedSync(2)
-    resumed.load_state_dict(saved[0], torch.device("cpu"))
+    resumed.load_state_dict(saved[0], twin_variant.averaging, twin_ref.flat, CPU)
     for j in range(K):
         resumed.load_worker_state_dict(j, saved[1][j], K, torch.device("cpu"))
     assert resumed.in_flight and resumed.due_step == 9

@@ -13,9 +13,10 @@ the same everywhere), so they have the same bits on every rank; the drift the mo
 w_k - w0 = w_k - s_k, is the progress since the trigger. While a sync is in flight nothing else
 syncs and no check starts (a state against the old w0 would be stale once the sync lands).
 
-A checkpoint while a sync is in flight completes it (every rank checkpoints at the same step)
-and keeps M (`state_dict`, the same on every rank) and each worker's s_k (`worker_state_dict`):
-the resumed run applies the same M at the same step.
+A checkpoint while a sync is in flight waits for what the sync has started (rank 0 writes it
+alone, so it starts no collective) and keeps M, or, for a compressed sync checkpointed at the
+step it started, the scales (`state_dict`, the same on every rank); each worker's s_k goes with
+the worker (`worker_state_dict`). The resumed run lands the same M at the same step.
 """
 from __future__ import annotations
 
@@ -82,21 +83,29 @@ class DelayedSync:
         return self._mean
 
     def discard(self) -> None:
-        """Complete a sync in flight without applying it (the run is ending)."""
-        if self.in_flight:
-            self._complete()
+        """Wait for what a sync in flight started, without applying it (the run is ending)."""
+        if self.in_flight and not torch.is_tensor(self._mean):
+            self._mean.state_dict()
         self.due_step, self._mean, self._snapshots = None, None, []
 
     # ------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
+        """The sync in flight: its mean, or (a compressed one checkpointed at its start) its scales.
+        Only waits (rank 0 alone calls it), so the other ranks' Allreduces are left as they are."""
         if not self.in_flight:
             return {"due_step": None}
-        return {"due_step": self.due_step, "mean": self._complete().cpu().clone(), "mean_sqnorm": self.mean_sqnorm}
+        mean = {"mean": self._mean.cpu().clone()} if torch.is_tensor(self._mean) else self._mean.state_dict()
+        return {"due_step": self.due_step, "mean_sqnorm": self.mean_sqnorm, **mean}
 
-    def load_state_dict(self, state: dict, device: torch.device) -> None:
+    def load_state_dict(self, state: dict, averaging, ref: torch.Tensor | None, device: torch.device) -> None:
         self.due_step = state.get("due_step")
-        self._mean = state["mean"].to(device) if self.in_flight else None
         self.mean_sqnorm = float(state.get("mean_sqnorm", math.nan))
+        if not self.in_flight:
+            self._mean = None
+        elif "mean" in state:
+            self._mean = state["mean"].to(device)
+        else:
+            self._mean = averaging.resume_mean(ref, state["scales"])
 
     def worker_state_dict(self, j: int) -> dict:
         return {"sync_snapshot": self._snapshots[j].cpu().clone()} if self.in_flight else {}
