@@ -197,6 +197,8 @@ def test_sync_delay_is_refused_where_a_sync_could_not_land_before_the_next(ctx):
         fda.Synchronizer(_models(), ctx, strategy="synchronous", sync_delay=1, workers_per_rank=K)
     with pytest.raises(fda.ConfigError, match=r"below the sync period \(2 steps\)"):
         fda.Synchronizer(_models(), ctx, strategy="fedopt", steps_per_epoch=2, sync_delay=2, workers_per_rank=K)
+    with pytest.raises(fda.ConfigError, match=r"below the sync period \(3 steps\)"):
+        fda.Synchronizer(_models(), ctx, strategy="fda_opt", steps_per_epoch=3, sync_delay=5, workers_per_rank=K)
 
 
 def test_the_internals_are_read_only_views(ctx):

@@ -105,7 +105,7 @@ class Synchronizer:
                                with_xi=self.monitor is not None and self.monitor.uses_xi)
 
     def _make_delayed_sync(self) -> DelayedSync | None:
-        delay, period = self.cfg.sync_delay, getattr(self.strategy, "period", None)
+        delay, period = self.cfg.sync_delay, self.strategy.min_sync_interval
         if not delay:
             return None
         if period is not None and delay >= period:

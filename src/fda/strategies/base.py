@@ -24,6 +24,12 @@ class Strategy:
         """How theta was chosen (logged with the run)."""
         return "none (no variance check)"
 
+    @property
+    def min_sync_interval(self) -> int | None:
+        """The fewest steps between two syncs (None: one may follow as soon as the last has landed);
+        an overlapped sync (sync_delay) must land within it."""
+        return None
+
     def wants_check(self, step: int) -> bool:
         """Compute and Allreduce the monitor state at this step? Asked once per step."""
         return False

@@ -76,6 +76,10 @@ class FDAOpt(FDA):
         self.steps_per_epoch = steps_per_epoch
         self.max_epochs = max_epochs
 
+    @property
+    def min_sync_interval(self) -> int:
+        return self.steps_per_epoch  # one check per epoch: an overlapped sync must land before the next
+
     def decide(self, step: int, bound: float) -> bool:
         if not self.wants_check(step):
             return False

@@ -13,6 +13,10 @@ class Periodic(Strategy):
         self.name = name
         self.period = period
 
+    @property
+    def min_sync_interval(self) -> int:
+        return self.period
+
     def decide(self, step: int, bound: float) -> bool:
         return step % self.period == 0
 
