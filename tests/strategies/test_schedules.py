@@ -18,7 +18,7 @@ def test_the_fewest_steps_between_two_syncs():
     """What an overlapped sync (sync_delay) must land within: a schedule's period, FDA-Opt's epoch."""
     assert Periodic("fedavg", period=7).min_sync_interval == 7
     assert FDAOpt(NaiveMonitor(), steps_per_epoch=10, max_epochs=4).min_sync_interval == 10
-    assert FDA(NaiveMonitor(), theta=1.0, check_every=5).min_sync_interval is None  # checked after any landing
+    assert FDA(NaiveMonitor(), theta=1.0, check_every=5).min_sync_interval is None  # its first check after a landing decides
 
 
 def test_fda_threshold_and_check_every():
