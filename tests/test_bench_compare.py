@@ -84,6 +84,24 @@ def test_the_committed_plateau_grid_plans(compare):
     assert len(jobs) == 72 and {j.seed for j in jobs} == {0, 1, 2}
 
 
+def test_the_committed_network_grid_plans_with_the_same_tasks_as_the_comparison(compare):
+    """The network-hiding rows: compare.yaml's tasks (same settings, so the same target), each with
+    the baselines at their best and FDA blocking, pipelined, adaptive and overlapped."""
+    spec = yaml.safe_load((REPO / "bench/configs/compare-network.yaml").read_text())
+    full = yaml.safe_load((REPO / "bench/configs/compare.yaml").read_text())
+    jobs, _ = compare.plan(spec, quick=False)
+    assert len(jobs) == 81 and {j.seed for j in jobs} == {0, 1, 2}
+    for task in ("fmnist-iid", "fmnist-noniid60", "shakespeare"):
+        ours = next(j for j in jobs if j.task == task and j.family == "synchronous")
+        theirs = next(j for j in compare.plan(full, quick=False, skip_unavailable=True)[0]
+                      if j.task == task and j.family == "synchronous")
+        assert ours.settings == theirs.settings, task
+        settings = [j.settings for j in jobs if j.task == task]
+        assert any(s.get("sync_delay") and s["strategy"] == "fda" and s.get("check_every") == "auto"
+                   and s.get("check_lag") for s in settings), task
+        assert any(s.get("sync_delay") and s["strategy"] == "diloco" for s in settings), task
+
+
 def test_a_completed_run_stays_done_when_fda_gains_a_setting(compare, tmp_path, monkeypatch):
     """Resuming a grid after an upgrade: settings absent from a stored config count if at their default."""
     import json
