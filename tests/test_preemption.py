@@ -113,11 +113,12 @@ def test_signals_at_random_steps_then_resume_on_any_layout_is_bit_identical(tmp_
 
 
 @pytest.mark.slow
-def test_a_schedule_stopped_by_a_signal_resumes_bit_identical(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["sync_delay=8", "sync_compression=int8"]], ids=["blocking", "overlapped"])
+def test_a_schedule_stopped_by_a_signal_resumes_bit_identical(tmp_path, extra):
     """FedAvg makes no collective between its syncs: the stop agreement (fda.comm.stops) still stops
     every rank after the same step with a checkpoint, and the resumed run (on another layout) ends
-    with the bits of the uninterrupted one."""
-    settings = [*SETTINGS, "strategy=fedavg", "tau=10"]
+    with the bits of the uninterrupted one. Overlapped: a sync is in flight at 9 steps out of 10."""
+    settings = [*SETTINGS, "strategy=fedavg", "tau=10", *extra]
     reference, run = tmp_path / "reference", tmp_path / "run"
     res = run_fda("train", *settings, "--out", reference, n=2)
     assert res.returncode == 0, res.stderr[-3000:]

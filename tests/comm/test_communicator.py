@@ -58,6 +58,20 @@ def test_results(solo):
     assert solo.allgather_object("x") == ["x"] and solo.gather_object(5) == [5] and solo.bcast_object(7) == 7
 
 
+def test_a_non_blocking_allreduce_leaves_its_result_in_the_tensor(solo):
+    t = torch.arange(5.0)
+    pending = solo.iallreduce_(t, "max")
+    assert solo.position.what == "sync Iallreduce" and solo.bytes.by_kind == {"sync": 2 * 5 * 4}  # at the start
+    assert pending.wait() is t and torch.equal(t, torch.arange(5.0)) and pending.test()
+    assert solo.position.what == "wait on a sync Iallreduce" and not solo.position.inside
+    fields = torch.arange(16, dtype=torch.uint8)
+    assert torch.equal(solo.iallreduce_(fields, fields=True).wait(), torch.arange(16, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="multiple of 8 bytes"):
+        solo.iallreduce_(torch.zeros(7, dtype=torch.uint8), fields=True)
+    with pytest.raises(ValueError, match="contiguous"):
+        solo.iallreduce_(torch.zeros(4, 4).t())
+
+
 def test_a_failing_call_leaves_the_collective(solo):
     def broken(*a, **k):
         raise RuntimeError("MPI said no")

@@ -61,6 +61,7 @@ class Comm:
         self.bytes = ByteCounter()
         self.cuda_aware = resolve_gpu_aware(gpu_aware)
         self._staging: dict = {}
+        self._async_staging: dict = {}
         self._watcher: FailureWatcher | None = None
         self._failure_callback: Callable[[int, str], None] | None = None
         self.position = Position(since=time.monotonic())
@@ -105,6 +106,14 @@ class Comm:
         yield host.numpy()
         t.copy_(host.view_as(t))
 
+    def _pinned_for_async(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        """A pinned host buffer of its own for a non-blocking Allreduce, one per (dtype, size) and
+        reused: an overlapped sync sends messages of the same sizes every time, one at a time."""
+        key = (dtype, numel)
+        if key not in self._async_staging:
+            self._async_staging[key] = torch.empty(numel, dtype=dtype, pin_memory=True)
+        return self._async_staging[key]
+
     def _pinned(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
         """A pinned host staging view of `numel` elements: ONE buffer per dtype, grown to the largest
         request (the flat model, for a sync) and reused, so pinned memory stays bounded."""
@@ -146,7 +155,8 @@ class Comm:
         """Start a non-blocking in-place Allreduce of a contiguous tensor (a model, for an overlapped
         sync): `t` holds the reduced values once `wait()` returns, and must not be touched before.
         fields: an exact SUM of packed integer fields (see `allreduce_fields_`). A GPU tensor is
-        staged through a host copy of its own, so other collectives may use the staging meanwhile."""
+        staged through a host buffer of its own (per size), so other collectives may use the staging
+        meanwhile; one Iallreduce of a size in flight at a time."""
         if not t.is_contiguous():
             raise ValueError("iallreduce_ needs a contiguous tensor")
         if fields and (t.dtype != torch.uint8 or t.numel() % 8):
@@ -158,7 +168,7 @@ class Comm:
             torch.cuda.current_stream().synchronize()
             buf = t
         else:
-            host = torch.empty(t.numel(), dtype=t.dtype, pin_memory=True)
+            host = self._pinned_for_async(t.numel(), t.dtype)
             host.copy_(t.reshape(-1))
             buf = host.numpy()
             finish = lambda: t.copy_(host.view_as(t))  # noqa: E731
