@@ -58,9 +58,8 @@ class IndexAddSketch:
     shape [l, d] precomputed once per round, then u = w - w0 and one index_add_ per call."""
 
     def __init__(self, d: int, depth: int, width: int, seed: int, device: str = "cpu"):
-        idx = torch.arange(d, device=device)
-        buckets, signs = R.hash_rows(idx, K.hash_coefficients(seed, depth), width)
-        del idx
+        buckets, signs = R.hash_rows(torch.arange(d), K.hash_tables(seed, depth, d), width)
+        buckets, signs = buckets.to(device), signs.to(device)
         self.index = (buckets + torch.arange(depth, device=device)[:, None] * width).reshape(-1)
         del buckets
         self.signs = signs.to(torch.float32)

@@ -38,7 +38,7 @@ CSRC = REPO / "src/fda/kernels/csrc"
 ROWS, WIDTH, THREADS = 5, 250, 256
 NVCC_FLAGS = ["-cubin", "-arch=sm_90", "-O3", "--fmad=false", "-std=c++17"]
 INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P[0-7T]\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
-KERNEL = re.compile(r"Function : (\S*drift_state_kernelILi(\d+)ELi0E\S*)")
+KERNEL = re.compile(r"Function : (\S*drift_state_kernelILi(\d+)ELi0ELb0E\S*)")
 RARE = ("STG", "ATOMS.CAS", "ATOMS.OR", "ATOMS.POPC", "RED.", "ATOM.", "ATOMG")
 
 

@@ -46,10 +46,11 @@ def chunk_scaled_vectors(d, seed, device="cpu"):
 
 
 def max_width(smem_optin, reserve=2048):
-    """The widest sketch the CUDA kernel takes: one row's tables (16 bytes an entry) and its
-    non-finite codes (1 KB per 4096 entries) within the opt-in shared memory less the reserve."""
-    w = (smem_optin - reserve) // 16
-    while w > 0 and 16 * w + 1024 * -(-w // 4096) > smem_optin - reserve:
+    """The widest sketch the CUDA kernel takes: one row's tables (24 bytes an entry: the float64 unit
+    table and two int32 chunk tables of a positive and a negative half) and its non-finite codes
+    (1 KB per 4096 entries) within the opt-in shared memory less the reserve."""
+    w = (smem_optin - reserve) // 24
+    while w > 0 and 24 * w + 1024 * -(-w // 4096) > smem_optin - reserve:
         w -= 1
     return w
 
@@ -62,7 +63,8 @@ def sketch_tolerance(u, depth, width, seed, ref):
     chunk_l1 = torch.zeros((d + CHUNK - 1) // CHUNK, dtype=torch.float64, device=u.device)
     chunk_l1.index_add_(0, idx // CHUNK, u64.abs())
     l1_of_i = chunk_l1[idx // CHUNK]
-    buckets, _ = R.hash_rows(idx, K.hash_coefficients(seed, depth), width)
+    buckets, _ = R.hash_rows(idx.cpu(), K.hash_tables(seed, depth, d), width)
+    buckets = buckets.to(u.device)
     quant = torch.zeros(depth, width, dtype=torch.float64, device=u.device)
     mass = torch.zeros(depth, width, dtype=torch.float64, device=u.device)
     for r in range(depth):

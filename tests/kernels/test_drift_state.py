@@ -3,18 +3,19 @@ cross-process hash agreement and the statistics of the AMS estimator."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 import fda.kernels as K
 from fda.kernels import reference as R
 
-P = (1 << 31) - 1
 LENET = 61_706
 VGG = 2_592_202
 CUDA = torch.cuda.is_available()
@@ -48,13 +49,67 @@ def test_backend_is_native():
         f"reason: {K._native_state['error']})")
 
 
-def test_hash_coefficients():
-    c = K.hash_coefficients(123, 6)
-    assert len(c) == 6 and all(len(r) == 4 and all(0 <= a < P for a in r) for r in c)
-    assert K.hash_coefficients(123, 3) == c[:3]  # rows do not depend on the depth
-    assert K.hash_coefficients(124, 6) != c
-    assert K.hash_coefficients(-1, 2) == K.hash_coefficients((1 << 64) - 1, 2)  # seed mod 2^64
-    assert len({a for r in c for a in r}) == 24
+def test_hash_tables():
+    t0, t1, t2 = K.hash_tables(123, 6, 70_000)
+    assert t0.shape == (6, 274) and t1.shape == (6, 256) and t2.shape == (6, 274 + 255)
+    assert all(t.dtype == np.uint32 for t in (t0, t1, t2))
+    small = K.hash_tables(123, 3, 1000)  # rows do not depend on the depth, entries not on d
+    assert all(np.array_equal(a, b[:3, :a.shape[1]]) for a, b in zip(small, (t0, t1, t2)))
+    assert not np.array_equal(K.hash_tables(124, 6, 70_000)[1], t1)
+    assert all(np.array_equal(a, b) for a, b in zip(K.hash_tables(-1, 2, 9), K.hash_tables((1 << 64) - 1, 2, 9)))
+    assert len(np.unique(t1)) == t1.size  # 1536 random 32-bit words: no repeats (p ~ 3e-4)
+
+
+def _independent(keys, chars, k: int) -> bool:
+    """Whether tabulation over the derived characters `chars(key)` (one per table) maps every k or
+    fewer distinct keys independently, given fully random tables: true iff no nonempty set of at
+    most k keys uses every (table, character) an even number of times (the XOR of their hash values
+    would be 0 whatever the tables hold)."""
+    for n in range(1, k + 1):
+        for subset in itertools.combinations(keys, n):
+            seen: dict = {}
+            for key in subset:
+                for t, ch in enumerate(chars(key)):
+                    seen[(t, ch)] = seen.get((t, ch), 0) ^ 1
+            if not any(seen.values()):
+                return False
+    return True
+
+
+def test_the_hash_family_is_4_independent():
+    """The derived character a + b makes tabulation over (a, b) 4-wise (indeed 5-wise)
+    independent (Thorup and Zhang); without it, it is not even 4-wise independent, which this
+    check must see.  Checked exhaustively on a small domain of pairs (a, b)."""
+    keys = [(a, b) for a in range(5) for b in range(6)]
+    assert _independent(keys, lambda x: (x[0], x[1], x[0] + x[1]), 5)
+    assert not _independent(keys, lambda x: (x[0], x[1]), 4)
+
+
+def _splitmix(z: int) -> int:
+    m = (1 << 64) - 1
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+    return z ^ (z >> 31)
+
+
+def test_reference_hash_values_follow_the_definition():
+    """Each value written out from csrc/hash.h's definition with Python integers, so that an
+    accidental change of the family is noticed."""
+    seed, width, depth = 2**40 + 9, 250, 3
+    idx = torch.tensor([0, 1, 255, 256, 1000, 70_001, 199_999])
+    tables = K.hash_tables(seed, depth, 200_000)
+    for wide_width in (width, 5000):
+        buckets, signs = R.hash_rows(idx, tables, wide_width)
+        for r in range(depth):
+            for j, i in enumerate(idx.tolist()):
+                def entry(t, k):
+                    z = _splitmix((seed + (1 + k + ((3 * (r // 2) + t) << 32)) * 0x9E3779B97F4A7C15) % 2**64)
+                    return (z >> (32 * (r % 2))) & 0xFFFFFFFF
+                v = entry(0, i >> 8) ^ entry(1, i & 255) ^ entry(2, (i >> 8) + (i & 255))
+                f, bits = (v & 0xFFFF, 16) if wide_width <= 4096 else (v, 32)
+                e = (f * 2 * wide_width) >> bits  # sign * m + bucket
+                assert int(signs[r, j]) == (-1 if e >= wide_width else 1)
+                assert int(buckets[r, j]) == e % wide_width
 
 
 SIZES_SMALL = [0, 1, 7, 4097]
@@ -114,18 +169,6 @@ def test_sketch_exact_on_integer_data(d, depth, width, seed):
     assert torch.equal(a[2], b[2])
 
 
-def test_reference_hash_values_pinned():
-    """Pin a few hash values so that an accidental change of the family is noticed."""
-    coeffs = K.hash_coefficients(0, 2)
-    idx = torch.tensor([0, 1, 2, 1000, P - 2])
-    buckets, signs = R.hash_rows(idx, coeffs, 250)
-    for r, (a0, a1, a2, a3) in enumerate(coeffs):
-        for j, i in enumerate(idx.tolist()):
-            g = (a3 * i**3 + a2 * i**2 + a1 * i + a0) % P
-            assert int(buckets[r, j]) == ((g >> 1) * 250) >> 30
-            assert int(signs[r, j]) == (1 if g % 2 == 0 else -1)
-
-
 def _outputs_equal(a, b):
     assert a.sqnorm == b.sqnorm and a.dot == b.dot
     assert (a.sketch is None) == (b.sketch is None)
@@ -175,16 +218,6 @@ def test_same_seed_same_sketch_across_processes():
     import hashlib
     assert outs[0][1] == hashlib.sha256(s.sketch.numpy().tobytes()).hexdigest()
     assert outs[0][0] == K.backend()
-
-
-def test_avx512_and_portable_paths_agree_bitwise():
-    """The CPU op picks an AVX-512 row kernel at run time where the CPU has it; the portable
-    path (forced by FDA_KERNELS_NO_AVX512=1) must give the very same bits."""
-    base = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    outs = [subprocess.run([sys.executable, "-c", _SUBPROC], env={**base, **extra}, capture_output=True,
-                           text=True, check=True, timeout=300).stdout.split()
-            for extra in ({}, {"FDA_KERNELS_NO_AVX512": "1"})]
-    assert outs[0] == outs[1]
 
 
 # ----------------------------------------------------------------------------------- validation
@@ -380,12 +413,12 @@ def test_statistical_test_catches_broken_hashes(monkeypatch):
     def run(u):
         return _pass_rate(u, lambda x, t: R.drift_state(x, torch.zeros_like(x), None, DEPTH, WIDTH, t)[2])[0]
 
-    def const_sign(idx, coeffs, width):
-        b, s = real(idx, coeffs, width)
+    def const_sign(idx, tables, width):
+        b, s = real(idx, tables, width)
         return b, torch.ones_like(s)
 
-    def parity_sign(idx, coeffs, width):
-        b, s = real(idx, coeffs, width)
+    def parity_sign(idx, tables, width):
+        b, s = real(idx, tables, width)
         return b, (1 - 2 * (idx.to(torch.int64) % 2)).expand_as(s)
 
     assert run(const) >= MIN_PASS and run(alternating) >= MIN_PASS  # the real hash passes

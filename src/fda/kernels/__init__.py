@@ -11,7 +11,7 @@ Public API::
         # after a sync's sum Allreduce, in one pass: total /= divisor, update = total - ref (old),
         # ref = total, each copy = total (fda.collectives.ExactMean)
     ams_m2(sketch) -> float                # numpy [depth, width]: median over rows of the row sums of squares
-    hash_coefficients(seed, depth)         # per-row hash polynomial coefficients
+    hash_tables(seed, depth, d)            # the sketch rows' hash tables (numpy uint32)
     backend() -> "native" | "reference"
 
 The native op (``torch.ops.fda.drift_state``, built by ``make native`` from ``csrc/``) is used when
@@ -34,10 +34,10 @@ import numpy as np
 import torch
 
 from fda.kernels import reference as _reference
-from fda.kernels.reference import MERSENNE_P, ams_m2, hash_coefficients
+from fda.kernels.reference import MAX_INDEX, ams_m2, hash_tables
 
 __all__ = ["DriftState", "drift_state", "drift_state_out", "mean_epilogue_", "packed_size", "ams_m2",
-           "hash_coefficients", "backend", "cuda_kernel_available", "MERSENNE_P"]
+           "hash_tables", "backend", "cuda_kernel_available", "MAX_INDEX"]
 
 _NATIVE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native")
 _native_state: dict = {"loaded": None, "error": None, "warned": False, "warned_cuda": False}
@@ -158,10 +158,10 @@ def _check_inputs(w, w0, xi, sketch_depth, sketch_width, seed) -> tuple[int, int
     if (depth == 0) != (width == 0):
         raise ValueError("sketch_depth and sketch_width must both be > 0 (sketch) or both be 0 "
                          f"(no sketch), got sketch_depth={depth}, sketch_width={width}")
-    if width >= (1 << 31) - 1:
-        raise ValueError(f"sketch_width must be < 2^31 - 1, got {width}")
-    if w.numel() >= MERSENNE_P:
-        raise ValueError(f"vectors longer than 2^31 - 2 elements are not supported (got {w.numel()})")
+    if depth * width >= 1 << 31:
+        raise ValueError(f"the sketch must have fewer than 2^31 entries, got {depth} x {width}")
+    if w.numel() > MAX_INDEX:
+        raise ValueError(f"vectors longer than 2^31 elements are not supported (got {w.numel()})")
     return depth, width, seed
 
 

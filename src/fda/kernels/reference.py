@@ -6,10 +6,11 @@ Computes, for u = w - w0 (float32 subtraction, as the drift vector itself):
 * ``dot = sum(xi_i * u_i)`` accumulated in float64 (when ``xi`` is given),
 * the AMS sketch ``sk[r, h_r(i)] += s_r(i) * u_i`` (accumulated in float64, returned as float32).
 
-The hashes are exactly those of ``csrc/hash.h`` (see the comment there): one degree-3
-polynomial over the Mersenne prime p = 2^31 - 1 per sketch row, sign = bit 0, bucket = bits 1..30
-range-reduced to [0, m).  The coefficients come from :func:`hash_coefficients` (splitmix64 of the
-seed, no torch/numpy RNG), so every rank and every backend gets the same hashes.
+The hashes are exactly those of ``csrc/hash.h`` (see the comment there): tabulation hashing, row r's
+32-bit value ``T0_r[i >> 8] ^ T1_r[i & 255] ^ T2_r[(i >> 8) + (i & 255)]``, sign and bucket from one
+16-bit field (widths up to 4096) or from all 32 bits.  The table entries come from
+:func:`hash_tables` (splitmix64 of the seed, no torch/numpy RNG), so every rank and every backend
+gets the same hashes.
 """
 
 from __future__ import annotations
@@ -17,44 +18,70 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-MERSENNE_P = (1 << 31) - 1
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
+LOW_BITS = 8  # i = (a, b) with a = i >> 8, b = i & 255
+NARROW_MAX_WIDTH = 4096  # widths whose sign and bucket come from 16 bits of the row value
+MAX_INDEX = 1 << 31  # vectors have at most 2^31 elements
 # Elements hashed per step of the reference (bounds its int64 temporaries).
 _BLOCK = 1 << 20
 
 
 def _splitmix64_mix(z: int) -> int:
+    """splitmix64's finaliser on a Python integer (taken modulo 2^64)."""
     z &= _MASK64
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
     return z ^ (z >> 31)
 
 
-def hash_coefficients(seed: int, depth: int) -> list[tuple[int, int, int, int]]:
-    """Polynomial coefficients ``(a0, a1, a2, a3)`` of each of the ``depth`` sketch rows.
+def _splitmix64_mix_array(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64 arrays (wrapping arithmetic)."""
+    z = z ^ (z >> np.uint64(30))
+    z = z * np.uint64(0xBF58476D1CE4E5B9)
+    z = z ^ (z >> np.uint64(27))
+    z = z * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
 
-    ``a_k(r) = splitmix64_mix(seed + (4 r + k + 1) * 0x9E3779B97F4A7C15) mod (2^31 - 1)``, with the
-    seed taken modulo 2^64.  Identical to ``fda::hash::coefficient`` in ``csrc/hash.h``.
+
+def hash_tables(seed: int, depth: int, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The tables ``(T0, T1, T2)`` (uint32, shapes ``[depth, ceil(d / 256)]``, ``[depth, 256]`` and
+    ``[depth, ceil(d / 256) + 255]``) of the sketch rows for vectors of ``d`` elements.
+
+    Rows 2p and 2p + 1 take the low and the high half of
+    ``splitmix64_mix(seed + (1 + k + 2^32 (3 p + t)) * 0x9E3779B97F4A7C15)`` for entry k of table t,
+    with the seed taken modulo 2^64: ``fda::hash::table_pair`` in ``csrc/hash.h``.
     """
-    seed = int(seed) & _MASK64
-    return [
-        tuple(_splitmix64_mix(seed + (4 * r + k + 1) * _GOLDEN) % MERSENNE_P for k in range(4))
-        for r in range(depth)
-    ]
+    seed = np.uint64(int(seed) & _MASK64)
+    high = -(-int(d) // (1 << LOW_BITS))
+    sizes = (high, 1 << LOW_BITS, high + (1 << LOW_BITS) - 1)
+    tables = []
+    with np.errstate(over="ignore"):
+        for t, n in enumerate(sizes):
+            out = np.empty((depth, n), dtype=np.uint32)
+            k = np.arange(n, dtype=np.uint64)
+            for p in range((depth + 1) // 2):
+                z = _splitmix64_mix_array(seed + (np.uint64(1) + k + (np.uint64(3 * p + t) << np.uint64(32)))
+                                    * np.uint64(_GOLDEN))
+                out[2 * p] = (z & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+                if 2 * p + 1 < depth:
+                    out[2 * p + 1] = (z >> np.uint64(32)).astype(np.uint32)
+            tables.append(out)
+    return tables[0], tables[1], tables[2]
 
 
-def hash_rows(idx: torch.Tensor, coeffs, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Buckets (int64, [depth, n]) and signs (int64 +-1, [depth, n]) of int64 indices ``idx`` < p."""
-    x = idx.to(torch.int64)
-    buckets, signs = [], []
-    for a0, a1, a2, a3 in coeffs:
-        g = torch.full_like(x, a3)
-        for a in (a2, a1, a0):  # Horner; g * x < 2^62 fits in int64
-            g = torch.remainder(g * x + a, MERSENNE_P)
-        buckets.append(((g >> 1) * width) >> 30)
-        signs.append(1 - 2 * (g & 1))
-    return torch.stack(buckets), torch.stack(signs)
+def hash_rows(idx: torch.Tensor, tables, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Buckets (int64, [depth, n]) and signs (int64 +-1, [depth, n]) of int64 indices ``idx``,
+    with ``tables`` from :func:`hash_tables`."""
+    i = idx.to(torch.int64).numpy()
+    a, b = i >> LOW_BITS, i & ((1 << LOW_BITS) - 1)
+    t0, t1, t2 = tables
+    v = (t0[:, a] ^ t1[:, b] ^ t2[:, a + b]).astype(np.int64)
+    if width <= NARROW_MAX_WIDTH:
+        sign, bucket = (v >> 15) & 1, ((v & 0x7FFF) * width) >> 15
+    else:
+        sign, bucket = v >> 31, ((v & 0x7FFFFFFF) * width) >> 31
+    return torch.from_numpy(bucket), torch.from_numpy(1 - 2 * sign)
 
 
 def drift_state_out(w: torch.Tensor, w0: torch.Tensor, xi: torch.Tensor | None, depth: int, width: int,
@@ -68,13 +95,13 @@ def drift_state_out(w: torch.Tensor, w0: torch.Tensor, xi: torch.Tensor | None, 
     out[1] = torch.dot(xi.to(torch.float64), u64) if xi is not None else 0.0
     if depth > 0:
         u64 = u64.cpu()  # index_add_ is order-dependent (and refused in deterministic mode) on CUDA
-        coeffs = hash_coefficients(seed, depth)
+        tables = hash_tables(seed, depth, u.numel())
         acc = torch.zeros(depth * width, dtype=torch.float64)
         offsets = (torch.arange(depth, dtype=torch.int64) * width)[:, None]
         for start in range(0, u.numel(), _BLOCK):
             stop = min(start + _BLOCK, u.numel())
             idx = torch.arange(start, stop, dtype=torch.int64)
-            buckets, signs = hash_rows(idx, coeffs, width)
+            buckets, signs = hash_rows(idx, tables, width)
             vals = signs.to(torch.float64) * u64[start:stop]
             acc.index_add_(0, (buckets + offsets).reshape(-1), vals.reshape(-1))
         out[2:].copy_(acc.to(torch.float32))

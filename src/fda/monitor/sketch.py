@@ -70,9 +70,9 @@ def check_seed(seed: int, step: int) -> int:
     """The hash seed of the check at `step`:  splitmix64(splitmix64(seed) + step * G) mod 2^64,
     G = 0x9E3779B97F4A7C15 (the kernel's own mixing function and constant; csrc/hash.h).
 
-    The kernel takes row j's coefficients from splitmix64(s + (4j + k + 1) * G), i.e. a run of
-    consecutive points of one stream; mixing (seed, step) first scatters the checks' streams over
-    2^64, so checks (and runs with other seeds) do not share coefficients. Pure arithmetic on
+    The kernel takes its hash tables' entries from splitmix64(s + c * G) for consecutive counters c,
+    i.e. points of one stream; mixing (seed, step) first scatters the checks' streams over 2^64, so
+    checks (and runs with other seeds) do not share tables. Pure arithmetic on
     values every rank holds (the seed and the step count, both in the checkpoint): no communication.
     """
     return _splitmix64_mix(_splitmix64_mix(int(seed)) + int(step) * _GOLDEN) & _MASK64

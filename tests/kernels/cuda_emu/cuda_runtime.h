@@ -26,6 +26,7 @@
 #define __device__
 #define __global__
 #define __forceinline__ inline
+#define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
 #define __align__(n)
 
@@ -35,6 +36,12 @@ struct dim3 {
 };
 struct uint3_ {
   unsigned x = 0, y = 0, z = 0;
+};
+struct alignas(8) uint2 {
+  unsigned x, y;
+};
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
 };
 
 typedef enum cudaError {

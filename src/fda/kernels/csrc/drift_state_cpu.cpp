@@ -17,20 +17,15 @@
 // One pass reads w and w0 once (plus xi when given).  Work is split into fixed-size blocks that
 // do NOT depend on the thread count; every block produces its own partials (float64 norm/dot,
 // float32 sketch) and partials are combined in block-index order, so results are bit-for-bit
-// identical for any number of threads.  Within a block the hashes are evaluated with exact
-// finite differences of the hash polynomial over GF(2^31 - 1) in 16 independent lanes
-// (3 modular additions per row and element, all 32-bit, vectorisable); the sketch update is a
-// scalar scatter into an L1-resident per-block table, in element order for every row.
+// identical for any number of threads.  Within a block each row's hash values are three table
+// lookups and two XORs per element (csrc/hash.h), in groups of 16 consecutive indices that share
+// their high character, so the loads are contiguous and the loop vectorises; the sketch update is
+// a scalar scatter into an L1-resident per-block table, in element order for every row.
 //
 // The inner kernel is compiled for several ISAs (target_clones: baseline, x86-64-v3, x86-64-v4)
 // and picked at load time; floating-point contraction is disabled (-ffp-contract=off), so every
-// clone gives the same bits.  On CPUs with AVX-512 (F/BW/DQ/VL, checked at run time) the per-row
-// hash + scatter runs in an explicit AVX-512 function instead (hash_scatter_row_avx512): same
-// hash values, same update order, so the same bits.
+// clone gives the same bits.
 #include <ATen/Parallel.h>
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#endif
 #include <torch/library.h>
 #include <ATen/ATen.h>
 
@@ -38,6 +33,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include "drift_state.h"
@@ -61,10 +58,8 @@ void check_drift_state_inputs(const at::Tensor& w, const at::Tensor& w0,
   }
   TORCH_CHECK(depth >= 0 && width >= 0 && (depth == 0) == (width == 0),
               "drift_state: depth and width must both be > 0 or both be 0");
-  TORCH_CHECK(width < static_cast<int64_t>(hash::kPrime), "drift_state: width must be < 2^31 - 1");
   TORCH_CHECK(depth * width < (int64_t(1) << 31), "drift_state: sketch too large");
-  TORCH_CHECK(w.numel() < static_cast<int64_t>(hash::kPrime),
-              "drift_state: vectors must have fewer than 2^31 - 1 elements");
+  TORCH_CHECK(w.numel() <= hash::kMaxIndex, "drift_state: vectors must have at most 2^31 elements");
 }
 
 void check_drift_state_out(const at::Tensor& w, const at::Tensor& out, int64_t depth, int64_t width) {
@@ -143,88 +138,96 @@ FDA_AI void norm_partial(const float* __restrict w, const float* __restrict w0,
   *dot_out = t;
 }
 
-struct Coeffs {
-  uint32_t a0, a1, a2, a3;
+// The hash tables of one call (csrc/hash.h): row r's T0, T1 and T2 at t0[r * nh], t1[r * 256] and
+// t2[r * ns], built from the seed and cached for the last (seed, depth, d / 256): a round's steps
+// all hash with one seed.
+struct Tables {
+  uint64_t seed = 0;
+  int64_t depth = 0, nh = 0, ns = 0;
+  std::vector<uint32_t> t0, t1, t2;
 };
 
-FDA_AI uint32_t sub_mod(uint32_t a, uint32_t b) { return hash::add_mod(a, hash::kPrime - b); }
+void fill_table(uint64_t seed, int64_t depth, int t, int64_t n, uint32_t* dst) {
+  const int64_t pairs = (depth + 1) / 2;
+  at::parallel_for(0, n, 4096, [&](int64_t k0, int64_t k1) {
+    for (int64_t p = 0; p < pairs; ++p)
+      for (int64_t k = k0; k < k1; ++k) {
+        const uint64_t z = hash::table_pair(seed, p, t, k);
+        dst[2 * p * n + k] = static_cast<uint32_t>(z);
+        if (2 * p + 1 < depth) dst[(2 * p + 1) * n + k] = static_cast<uint32_t>(z >> 32);
+      }
+  });
+}
 
-// Hash state of one row for 16 lanes: lane l sits at element x_l and steps by kLanes.
-struct alignas(64) RowState {
-  uint32_t P[kLanes], D1[kLanes], D2[kLanes], D3[kLanes];
-};
-
-inline void init_row(RowState& s, const Coeffs& c, int64_t first) {
-  for (int l = 0; l < kLanes; ++l) {
-    uint32_t g[4];
-    for (int k = 0; k < 4; ++k) {
-      const uint64_t x = static_cast<uint64_t>(first + l + k * kLanes) % hash::kPrime;
-      g[k] = hash::poly(c.a0, c.a1, c.a2, c.a3, static_cast<uint32_t>(x));
-    }
-    // forward differences with step kLanes
-    const uint32_t d1_0 = sub_mod(g[1], g[0]), d1_1 = sub_mod(g[2], g[1]), d1_2 = sub_mod(g[3], g[2]);
-    const uint32_t d2_0 = sub_mod(d1_1, d1_0), d2_1 = sub_mod(d1_2, d1_1);
-    s.P[l] = g[0];
-    s.D1[l] = d1_0;
-    s.D2[l] = d2_0;
-    s.D3[l] = sub_mod(d2_1, d2_0);
+std::shared_ptr<const Tables> hash_tables(uint64_t seed, int64_t depth, int64_t d) {
+  static std::mutex mu;
+  static std::shared_ptr<const Tables> last;
+  const int64_t nh = hash::high_entries(d);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (last && last->seed == seed && last->depth == depth && last->nh == nh) return last;
   }
+  auto tab = std::make_shared<Tables>();
+  tab->seed = seed;
+  tab->depth = depth;
+  tab->nh = nh;
+  tab->ns = hash::sum_entries(d);
+  tab->t0.resize(depth * nh);
+  tab->t1.resize(depth * hash::kLowSize);
+  tab->t2.resize(depth * tab->ns);
+  fill_table(seed, depth, 0, nh, tab->t0.data());
+  fill_table(seed, depth, 1, hash::kLowSize, tab->t1.data());
+  fill_table(seed, depth, 2, tab->ns, tab->t2.data());
+  std::lock_guard<std::mutex> lock(mu);
+  last = tab;
+  return tab;
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FDA_AVX512_ROW 1
-bool cpu_has_avx512() {
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
-  return ok;
-}
-// FDA_KERNELS_NO_AVX512=1 (read once) selects the generic path, to compare the two paths' bits.
-bool force_generic_sketch() {
-  static const bool off = [] {
-    const char* e = std::getenv("FDA_KERNELS_NO_AVX512");
-    return e != nullptr && e[0] == '1';
-  }();
-  return off;
+// One row's tables.
+struct RowTables {
+  const uint32_t* t0;
+  const uint32_t* t1;
+  const uint32_t* t2;
+};
+
+// Bucket (plus off) and the sign as an IEEE-754 sign-bit mask of row value v.
+template <bool kNarrow>
+FDA_AI void bucket_and_sign(uint32_t v, uint32_t m, uint32_t off, uint32_t* idx, uint32_t* sign) {
+  if (kNarrow) {
+    *idx = off + (((v & 0x7FFFu) * m) >> 15);
+    *sign = (v & 0x8000u) << 16;
+  } else {
+    *idx = off + static_cast<uint32_t>((uint64_t(v & 0x7FFFFFFFu) * m) >> 31);
+    *sign = v & 0x80000000u;
+  }
 }
 
 constexpr int64_t kMini = 128;  // elements hashed before they are scattered (multiple of kLanes)
 
-// One row over ns elements (ns % kLanes == 0): the row's hash state S advances by ns; bucket
-// indices (plus off) and signed values go to idx/val; when sk is given they are also added into
-// sk, kMini elements at a time.  Explicit intrinsics because GCC's generic code emits the 3-uop
-// vpmullq for the bucket's 32x32->64 multiplies (vpmuludq here) and, when the hash and the scatter
-// share a loop, extracts lanes with shuffles instead of a store/reload.  Interleaving the two in
-// kMini steps lets the out-of-order core overlap the vector hash with the scalar scatter
-// (-29% at d = 25M against a whole-sub-block hash followed by a whole-sub-block scatter).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 intrinsic headers
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) void hash_scatter_row_avx512(
-    RowState& S, const uint32_t* __restrict ubits, int64_t ns, uint32_t off, uint32_t width,
-    uint32_t* __restrict idx, uint32_t* __restrict val, float* __restrict sk) {
-  static_assert(kLanes == 16 && kMini % kLanes == 0, "one zmm per lane set");
-  __m512i P = _mm512_load_si512(S.P), D1 = _mm512_load_si512(S.D1), D2 = _mm512_load_si512(S.D2);
-  const __m512i D3 = _mm512_load_si512(S.D3);
-  const __m512i prime = _mm512_set1_epi32(static_cast<int>(hash::kPrime));
-  const __m512i m = _mm512_set1_epi32(static_cast<int>(width));
-  const __m512i offv = _mm512_set1_epi32(static_cast<int>(off));
+// One row over ns elements starting at index first (first % kLanes == 0, ns % kLanes == 0): bucket
+// indices (plus off) and signed values to idx/val, kMini elements at a time, each batch then added
+// into sk (when given) in element order.  Hashing and scattering in small batches lets the
+// out-of-order core overlap the vector hash with the scalar scatter.
+template <bool kNarrow>
+FDA_AI void hash_scatter_row(const RowTables& T, int64_t first, const uint32_t* __restrict ubits, int64_t ns,
+                             uint32_t off, uint32_t m, uint32_t* __restrict idx, uint32_t* __restrict val,
+                             float* __restrict sk) {
   for (int64_t j0 = 0; j0 < ns; j0 += kMini) {
     const int64_t je = std::min(ns, j0 + kMini);
     for (int64_t j = j0; j < je; j += kLanes) {
-      // bucket = ((g >> 1) * m) >> 30: even lanes from the low, odd lanes from the high dwords
-      const __m512i t = _mm512_srli_epi32(P, 1);
-      const __m512i ev = _mm512_srli_epi64(_mm512_mul_epu32(t, m), 30);
-      const __m512i od = _mm512_slli_epi64(_mm512_mul_epu32(_mm512_srli_epi64(t, 32), m), 2);
-      _mm512_store_si512(idx + j, _mm512_add_epi32(_mm512_mask_blend_epi32(0xAAAA, ev, od), offv));
-      _mm512_store_si512(val + j, _mm512_xor_si512(_mm512_load_si512(ubits + j), _mm512_slli_epi32(P, 31)));
-      __m512i s = _mm512_add_epi32(P, D1);  // add_mod: min(s, s - p) in unsigned 32-bit
-      P = _mm512_min_epu32(s, _mm512_sub_epi32(s, prime));
-      s = _mm512_add_epi32(D1, D2);
-      D1 = _mm512_min_epu32(s, _mm512_sub_epi32(s, prime));
-      s = _mm512_add_epi32(D2, D3);
-      D2 = _mm512_min_epu32(s, _mm512_sub_epi32(s, prime));
+      const int64_t i = first + j;  // a is the same for these kLanes indices (256 % kLanes == 0)
+      const uint32_t a = static_cast<uint32_t>(i >> hash::kLowBits);
+      const uint32_t b = static_cast<uint32_t>(i & (hash::kLowSize - 1));
+      const uint32_t c = T.t0[a];
+      const uint32_t* t1 = T.t1 + b;
+      const uint32_t* t2 = T.t2 + a + b;
+      for (int l = 0; l < kLanes; ++l) {
+        uint32_t s;
+        bucket_and_sign<kNarrow>(c ^ t1[l] ^ t2[l], m, off, &idx[j + l], &s);
+        val[j + l] = ubits[j + l] ^ s;
+      }
     }
     if (!sk) continue;
-    asm volatile("" ::: "memory");  // scatter from memory, not from lanes extracted by shuffles
 #pragma GCC unroll 8
     for (int64_t j = j0; j < je; ++j) {
       float v;
@@ -232,33 +235,26 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) void hash_scatter_
       sk[idx[j]] += v;
     }
   }
-  _mm512_store_si512(S.P, P);
-  _mm512_store_si512(S.D1, D1);
-  _mm512_store_si512(S.D2, D2);
 }
-#pragma GCC diagnostic pop
-#endif
 
-// Sketch + norms for one chunk [begin, begin + n).  sk: zeroed float [depth * width].
+// Sketch + norms for one chunk [begin, begin + n) (begin % kSub == 0).  sk: zeroed float [depth * width].
 // kMode: 0 = the op; 1 = hash only (no scatter; bench/kernel.py's breakdown); 2 = no hashing
 // (scatter u_i into bucket i % width of every row; bench only).
-template <bool kDot, int kMode = 0>
+template <bool kDot, bool kNarrow, int kMode = 0>
 FDA_AI void chunk_sketch_impl(const float* __restrict w, const float* __restrict w0,
-                              const float* __restrict xi, int64_t begin, int64_t n,
-                              const Coeffs* coeffs, int depth, uint32_t width, float* __restrict sk,
-                              double* sq_parts, double* dot_parts, bool avx512) {
+                              const float* __restrict xi, int64_t begin, int64_t n, const Tables& tab,
+                              int depth, uint32_t width, float* __restrict sk, double* sq_parts,
+                              double* dot_parts) {
   // norms: per kNormBlock partials (identical to the norm-only path)
   for (int64_t b = 0; b < n; b += kNormBlock) {
     const int64_t nb = std::min(kNormBlock, n - b);
     norm_partial<kDot>(w + begin + b, w0 + begin + b, kDot ? xi + begin + b : nullptr, nb,
                        sq_parts + b / kNormBlock, dot_parts + b / kNormBlock);
   }
-  const int64_t nv = n - n % kLanes;  // stepped part; the (last chunk's) tail is hashed directly
+  const int64_t nv = n - n % kLanes;  // whole lane groups; the (last chunk's) tail one by one
   alignas(64) uint32_t ubits[kSub];
   alignas(64) uint32_t idx[kSub];
   alignas(64) uint32_t val[kSub];
-  std::vector<RowState> st(depth);
-  for (int r = 0; r < depth; ++r) init_row(st[r], coeffs[r], begin);
   for (int64_t s0 = 0; s0 < nv; s0 += kSub) {
     const int64_t ns = std::min(kSub, nv - s0);
     const float* ws = w + begin + s0;
@@ -270,28 +266,9 @@ FDA_AI void chunk_sketch_impl(const float* __restrict w, const float* __restrict
       ubits[j] = b;
     }
     for (int r = 0; r < depth; ++r) {
-      RowState& S = st[r];
       const uint32_t off = static_cast<uint32_t>(r) * width;
-#ifdef FDA_AVX512_ROW
-      if (kMode != 2 && avx512) {
-        hash_scatter_row_avx512(S, ubits, ns, off, width, idx, val, kMode == 0 ? sk : nullptr);
-        if (kMode == 1) {  // keep the hash work alive without scattering
-          uint32_t x = 0;
-          for (int64_t j = 0; j < ns; ++j) x ^= idx[j] + val[j];
-          sk[x % width] += 1e-30f;
-        }
-        continue;
-      }
-#endif
-      uint32_t P[kLanes], D1[kLanes], D2[kLanes], D3[kLanes];
-      for (int l = 0; l < kLanes; ++l) {
-        P[l] = S.P[l];
-        D1[l] = S.D1[l];
-        D2[l] = S.D2[l];
-        D3[l] = S.D3[l];
-      }
       if (kMode == 2) {
-        uint32_t b = static_cast<uint32_t>(s0 % width);
+        uint32_t b = static_cast<uint32_t>((begin + s0) % width);
         for (int64_t j = 0; j < ns; ++j) {
           float v;
           std::memcpy(&v, &ubits[j], 4);
@@ -300,64 +277,53 @@ FDA_AI void chunk_sketch_impl(const float* __restrict w, const float* __restrict
         }
         continue;
       }
-      for (int64_t j = 0; j < ns; j += kLanes) {
-        for (int l = 0; l < kLanes; ++l) {
-          const uint32_t g = P[l];
-          idx[j + l] = off + hash::bucket(g, width);
-          val[j + l] = ubits[j + l] ^ hash::sign_mask(g);
-          P[l] = hash::add_mod(P[l], D1[l]);
-          D1[l] = hash::add_mod(D1[l], D2[l]);
-          D2[l] = hash::add_mod(D2[l], D3[l]);
-        }
-      }
-      for (int l = 0; l < kLanes; ++l) {
-        S.P[l] = P[l];
-        S.D1[l] = D1[l];
-        S.D2[l] = D2[l];
-      }
+      const RowTables T = {tab.t0.data() + r * tab.nh, tab.t1.data() + r * int64_t(hash::kLowSize),
+                           tab.t2.data() + r * tab.ns};
+      hash_scatter_row<kNarrow>(T, begin + s0, ubits, ns, off, width, idx, val, kMode == 0 ? sk : nullptr);
       if (kMode == 1) {  // keep the hash work alive without scattering
         uint32_t x = 0;
         for (int64_t j = 0; j < ns; ++j) x ^= idx[j] + val[j];
         sk[x % width] += 1e-30f;
-        continue;
-      }
-#pragma GCC unroll 8
-      for (int64_t j = 0; j < ns; ++j) {
-        float v;
-        std::memcpy(&v, &val[j], 4);
-        sk[idx[j]] += v;
       }
     }
   }
   for (int64_t j = nv; j < n; ++j) {  // tail (< kLanes elements, last chunk only)
-    const float u = w[begin + j] - w0[begin + j];
-    const uint32_t x = static_cast<uint32_t>(static_cast<uint64_t>(begin + j) % hash::kPrime);
+    const int64_t i = begin + j;
+    const float u = w[i] - w0[i];
+    const int64_t a = i >> hash::kLowBits, b = i & (hash::kLowSize - 1);
     for (int r = 0; r < depth; ++r) {
-      const Coeffs& c = coeffs[r];
-      const uint32_t g = hash::poly(c.a0, c.a1, c.a2, c.a3, x);
-      sk[static_cast<uint32_t>(r) * width + hash::bucket(g, width)] += hash::sign(g) > 0 ? u : -u;
+      const uint32_t v = tab.t0[r * tab.nh + a] ^ tab.t1[r * int64_t(hash::kLowSize) + b] ^ tab.t2[r * tab.ns + a + b];
+      uint32_t e, s;
+      bucket_and_sign<kNarrow>(v, width, static_cast<uint32_t>(r) * width, &e, &s);
+      sk[e] += s ? -u : u;
     }
   }
 }
 
-FDA_CLONES void chunk_sketch(const float* w, const float* w0, const float* xi, int64_t begin,
-                             int64_t n, const Coeffs* coeffs, int depth, uint32_t width, float* sk,
-                             double* sq_parts, double* dot_parts, int mode, bool avx512) {
+template <bool kNarrow>
+FDA_AI void chunk_sketch_mode(const float* w, const float* w0, const float* xi, int64_t begin, int64_t n,
+                              const Tables& tab, int depth, uint32_t width, float* sk, double* sq_parts,
+                              double* dot_parts, int mode) {
 #ifdef FDA_PROFILING  // the benchmark build (CMake FDA_BENCHMARK=ON) only
   if (mode == 1)
-    chunk_sketch_impl<false, 1>(w, w0, xi, begin, n, coeffs, depth, width, sk, sq_parts, dot_parts,
-                               avx512);
-  else if (mode == 2)
-    chunk_sketch_impl<false, 2>(w, w0, xi, begin, n, coeffs, depth, width, sk, sq_parts, dot_parts,
-                               avx512);
-  else
+    return chunk_sketch_impl<false, kNarrow, 1>(w, w0, xi, begin, n, tab, depth, width, sk, sq_parts, dot_parts);
+  if (mode == 2)
+    return chunk_sketch_impl<false, kNarrow, 2>(w, w0, xi, begin, n, tab, depth, width, sk, sq_parts, dot_parts);
 #endif
+  (void)mode;
   if (xi)
-    chunk_sketch_impl<true>(w, w0, xi, begin, n, coeffs, depth, width, sk, sq_parts, dot_parts,
-                               avx512);
+    chunk_sketch_impl<true, kNarrow>(w, w0, xi, begin, n, tab, depth, width, sk, sq_parts, dot_parts);
   else
-    chunk_sketch_impl<false>(w, w0, xi, begin, n, coeffs, depth, width, sk, sq_parts, dot_parts,
-                               avx512);
+    chunk_sketch_impl<false, kNarrow>(w, w0, xi, begin, n, tab, depth, width, sk, sq_parts, dot_parts);
+}
+
+FDA_CLONES void chunk_sketch(const float* w, const float* w0, const float* xi, int64_t begin, int64_t n,
+                             const Tables& tab, int depth, uint32_t width, float* sk, double* sq_parts,
+                             double* dot_parts, int mode) {
+  if (hash::narrow(width))
+    chunk_sketch_mode<true>(w, w0, xi, begin, n, tab, depth, width, sk, sq_parts, dot_parts, mode);
+  else
+    chunk_sketch_mode<false>(w, w0, xi, begin, n, tab, depth, width, sk, sq_parts, dot_parts, mode);
 }
 
 FDA_CLONES void norm_blocks(const float* w, const float* w0, const float* xi, int64_t d,
@@ -389,12 +355,7 @@ void drift_state_cpu_run(const at::Tensor& w, const at::Tensor& w0, const c10::o
       norm_blocks(wp, w0p, xip, d, b0, b1, sq_parts.data(), dot_parts.data());
     });
   } else {
-    std::vector<Coeffs> coeffs(depth);
-    for (int64_t r = 0; r < depth; ++r) {
-      const uint64_t s = static_cast<uint64_t>(seed);
-      coeffs[r] = {hash::coefficient(s, r, 0), hash::coefficient(s, r, 1), hash::coefficient(s, r, 2),
-                   hash::coefficient(s, r, 3)};
-    }
+    const std::shared_ptr<const Tables> tab = hash_tables(static_cast<uint64_t>(seed), depth, d);
     const int64_t S = depth * width;
     // Chunk = fixed function of the sketch size (never of the thread count): large enough that
     // zeroing + merging the per-chunk table stays small next to the scatter work.
@@ -407,11 +368,6 @@ void drift_state_cpu_run(const at::Tensor& w, const at::Tensor& w0, const c10::o
     std::vector<float> parts(static_cast<size_t>(std::min(wave, n_chunks) * S));
     std::vector<double> acc(S, 0.0);
     const uint32_t m = static_cast<uint32_t>(width);
-#ifdef FDA_AVX512_ROW
-    const bool avx512 = cpu_has_avx512() && !force_generic_sketch();
-#else
-    const bool avx512 = false;
-#endif
     for (int64_t c0 = 0; c0 < n_chunks; c0 += wave) {
       const int64_t nw = std::min(wave, n_chunks - c0);
       at::parallel_for(0, nw, 1, [&](int64_t a, int64_t b) {
@@ -419,9 +375,8 @@ void drift_state_cpu_run(const at::Tensor& w, const at::Tensor& w0, const c10::o
           float* sk = parts.data() + c * S;
           std::fill(sk, sk + S, 0.0f);
           const int64_t begin = (c0 + c) * chunk, n = std::min(chunk, d - begin);
-          chunk_sketch(wp, w0p, xip, begin, n, coeffs.data(), static_cast<int>(depth), m, sk,
-                       sq_parts.data() + begin / kNormBlock, dot_parts.data() + begin / kNormBlock,
-                       mode, avx512);
+          chunk_sketch(wp, w0p, xip, begin, n, *tab, static_cast<int>(depth), m, sk,
+                       sq_parts.data() + begin / kNormBlock, dot_parts.data() + begin / kNormBlock, mode);
         }
       });
       at::parallel_for(0, S, 2048, [&](int64_t a, int64_t b) {

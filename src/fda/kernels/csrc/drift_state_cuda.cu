@@ -34,13 +34,14 @@
 //  infinity or NaN, what adding the term in float64 would give.
 //
 // FAST (target: <= 2x the time to read w and w0 once, l = 5, m = 250):
-//  * hashes by forward differences: thread t's indices form one arithmetic progression with step
-//    256 through all of its block's work (its units are contiguous), so each row's cubic is
-//    advanced by 3 modular additions per element (csrc/hash.h's family, same bits as the CPU);
-//    the state is initialised once per block.  Bucket by one multiply-high, the sign by one
-//    predicate and a select against -q (rows unrolled: template NR).
-//  * int32 shared-memory atomics, two chunk tables used alternately so that one __syncthreads
-//    per chunk suffices (the chunk's L1 reduction) and the flush of the previous chunk overlaps.
+//  * hashes by tables (csrc/hash.h's family, same bits as the CPU), filled by make_tables_kernel
+//    before each row group: per element two vector loads (T0's entry, the same for the block, and
+//    T2's) and an XOR with the thread's T1 entry (its low character is t) for all rows together;
+//    per row a mask and one multiply-high give the signed bucket (sign * m + bucket), whose int32
+//    table entry gets q: no select, no negation (rows unrolled: template NR).
+//  * int32 shared-memory atomics, the rows interleaved (a row is the address offset), two chunk
+//    tables used alternately so that one __syncthreads per chunk suffices (the chunk's L1
+//    reduction) and the flush of the previous chunk overlaps; inf and NaN terms out of line.
 //  * loads: coalesced 4-byte loads, a full chunk without bounds tests; chunk c + 1's loads are
 //    issued before chunk c's reduction and scatter (48 values per thread in flight).
 //  * grid from the occupancy API (FDA_CUDA_GRID=N forces N blocks: tests check the bits do not
@@ -90,6 +91,13 @@ constexpr int kMaxRows = 8;                                 // rows per launch (
 constexpr int kFinCols = 32, kFinSlices = 32;               // finalize block: 32 x 32 threads
 constexpr int kProfileRows = 5;                             // rows of the profiling variants
 
+static_assert(kThreads == int(hash::kLowSize), "thread t's elements share the low character t");
+
+// Words of a table entry for NR rows: narrow rows two to a word (16-bit fields), wide rows one to a
+// word; padded to a power of two for vector loads.
+__host__ __device__ constexpr int words_of(int nr, bool wide) { return wide ? nr : (nr + 1) / 2; }
+__host__ __device__ constexpr int padded_words(int n) { return n <= 1 ? 1 : n <= 2 ? 2 : n <= 4 ? 4 : 8; }
+
 // What the kernels need, by value (kernel parameter space: no device allocation for it).
 struct Params {
   const float* w;
@@ -99,48 +107,72 @@ struct Params {
   int64_t n_chunks, chunks_per_tile, tiles_per_unit, n_tiles, n_units;
   int row0;          // first sketch row of this launch
   uint32_t width;    // m
-  uint32_t width2;   // 2 m (bucket = umulhi(g & ~1, 2m))
   int64_t S;         // depth * width: row length of the unit partials
   int norms;         // this launch writes the norm partials
   double* norm_parts;  // [n_tiles][2]
   float* sk_parts;     // [n_units][S]
-  // per row of this launch: hash coefficients and the constant third difference for step 256
-  uint32_t a[kMaxRows][4];
-  uint32_t d3[kMaxRows];
+  // this launch's rows' hash tables: entries of padded_words(words_of(NR, wide)) words, T0 (nh
+  // entries), then T1 (256), then T2 (nh + 255); see make_tables_kernel
+  const uint32_t* tables;
+  int64_t nh;
 };
 
-__device__ __forceinline__ uint32_t sub_mod(uint32_t a, uint32_t b) {
-  return hash::add_mod(a, hash::kPrime - b);
+// One table entry's words (vector loads; entries are aligned to their size).
+template <int NWP>
+__device__ __forceinline__ void load_words(const uint32_t* p, uint32_t* v) {
+  if constexpr (NWP == 1) {
+    v[0] = __ldg(p);
+  } else if constexpr (NWP == 2) {
+    const uint2 x = __ldg(reinterpret_cast<const uint2*>(p));
+    v[0] = x.x;
+    v[1] = x.y;
+  } else {
+#pragma unroll
+    for (int k = 0; k < NWP; k += 4) {
+      const uint4 x = __ldg(reinterpret_cast<const uint4*>(p + k));
+      v[k] = x.x;
+      v[k + 1] = x.y;
+      v[k + 2] = x.z;
+      v[k + 3] = x.w;
+    }
+  }
 }
 
-// bucket((g >> 1) * m >> 30) without 64-bit arithmetic: (2 (g >> 1)) * (2 m) >> 32 is the same
-// integer (4 X >> 32 == X >> 30), and 2 m < 2^32 since m < 2^31 - 1.
-__device__ __forceinline__ uint32_t bucket_fast(uint32_t g, uint32_t width2) {
-  return __umulhi(g & 0x7FFFFFFEu, width2);
+// Row r's (of the launch) signed bucket sign * m + bucket from its entry words: the field masked
+// in place and one multiply-high by 2m shifted to the field's position (csrc/hash.h:
+// e = (f * 2m) >> F).  r is a constant once the caller's row loop is unrolled.
+template <bool kWide>
+__device__ __forceinline__ uint32_t row_index(const uint32_t* v, int r, uint32_t m2, uint32_t m2_lo) {
+  const uint32_t f = kWide ? v[r] : (r & 1) ? (v[r / 2] & 0xFFFF0000u) : (v[r / 2] & 0xFFFFu);
+  return __umulhi(f, kWide || (r & 1) ? m2 : m2_lo);
 }
 
-// Table index of a row's bucket: umulhi(g & ~1, 2 m) + row_offset, the offset as the multiply-high's
-// addend (one IMAD.HI).
-__device__ __forceinline__ uint32_t bucket_index(uint32_t g, uint32_t width2, uint32_t row_offset) {
-#if defined(__CUDA_ARCH__)
-  uint32_t r;
-  asm("mad.hi.u32 %0, %1, %2, %3;" : "=r"(r) : "r"(g & 0x7FFFFFFEu), "r"(width2), "r"(row_offset));
-  return r;
-#else
-  return bucket_fast(g, width2) + row_offset;
-#endif
+// The same for a row index known only at run time (the rare non-finite path).
+template <bool kWide>
+__device__ __forceinline__ uint32_t row_index_rt(const uint32_t* v, int r, uint32_t m) {
+  const uint32_t word = kWide ? v[r] : v[r / 2];
+  return hash::signed_bucket(kWide ? word : (r & 1) ? word >> 16 : word & 0xFFFFu, m);
 }
 
-// q or -q by bit 0 of g, as one predicate and one select.
-__device__ __forceinline__ int signed_term(uint32_t g, int q, int mq) {
-#if defined(__CUDA_ARCH__)
-  int v;
-  asm("{\n\t.reg .pred p;\n\t.reg .b32 t;\n\tand.b32 t, %1, 1;\n\tsetp.ne.b32 p, t, 0;\n\t"
-      "selp.b32 %0, %2, %3, p;\n\t}" : "=r"(v) : "r"(g), "r"(mq), "r"(q));
-  return v;
-#else
-  return (g & 1u) ? mq : q;
-#endif
+// Tables of rows row0 .. row0 + nr - 1 (csrc/hash.h's entries), one thread per entry.
+__global__ void __launch_bounds__(256) make_tables_kernel(uint64_t seed, int row0, int nr, int wide, int nwp,
+                                                          int64_t nh, uint32_t* __restrict__ out) {
+  const int64_t n = 2 * nh + 2 * int64_t(hash::kLowSize) - 1;
+  const int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (k >= n) return;
+  const int t = k < nh ? 0 : k < nh + hash::kLowSize ? 1 : 2;
+  const int64_t kk = t == 0 ? k : t == 1 ? k - nh : k - nh - hash::kLowSize;
+  for (int j = 0; j < nwp; ++j) {
+    uint32_t word = 0;
+    if (wide) {
+      if (j < nr) word = hash::table_entry(seed, uint64_t(row0 + j), uint64_t(t), uint64_t(kk));
+    } else {
+      if (2 * j < nr) word = hash::table_entry(seed, uint64_t(row0 + 2 * j), uint64_t(t), uint64_t(kk)) & 0xFFFFu;
+      if (2 * j + 1 < nr)
+        word |= hash::table_entry(seed, uint64_t(row0 + 2 * j + 1), uint64_t(t), uint64_t(kk)) << 16;
+    }
+    out[k * nwp + j] = word;
+  }
 }
 
 // Fixed-order reduction of a double over the block: shuffle tree in each warp, then warps in
@@ -186,40 +218,63 @@ __device__ __forceinline__ float unit_value(double v, uint32_t code) {
 
 // Chunk c's elements of thread t (c * 4096 + t + 256 j): w, w0 and (dot) xi.  A full chunk (all
 // but maybe the last) loads without bounds tests.
-__device__ __forceinline__ void load_chunk(const Params& p, int64_t c, bool dot, float* a, float* b, float* x) {
+__device__ __forceinline__ void load_full_chunk(const Params& p, int64_t c, bool dot, float* a, float* b, float* x) {
   const int64_t base = c * kChunk + threadIdx.x;
-  const float* pw = p.w + base;
-  const float* pw0 = p.w0 + base;
-  const float* px = p.xi + base;
-  if ((c + 1) * kChunk <= p.d) {
 #pragma unroll
-    for (int j = 0; j < kPerThread; ++j) {
-      a[j] = __ldg(pw + j * kThreads);
-      b[j] = __ldg(pw0 + j * kThreads);
-      x[j] = dot ? __ldg(px + j * kThreads) : 0.0f;
-    }
-  } else {
-    const int left = static_cast<int>(p.d - base);  // > 0 elements of this thread's may remain
+  for (int j = 0; j < kPerThread; ++j) {
+    a[j] = __ldg(p.w + base + j * kThreads);
+    b[j] = __ldg(p.w0 + base + j * kThreads);
+    x[j] = dot ? __ldg(p.xi + base + j * kThreads) : 0.0f;
+  }
+}
+
+__device__ __forceinline__ void load_partial_chunk(const Params& p, int64_t c, bool dot, float* a, float* b,
+                                                   float* x) {
+  const int64_t base = c * kChunk + threadIdx.x;
+  const int left = static_cast<int>(p.d - base);  // this thread's elements left, maybe none
 #pragma unroll
-    for (int j = 0; j < kPerThread; ++j) {
-      const bool in = j * kThreads < left;
-      a[j] = in ? __ldg(pw + j * kThreads) : 0.0f;
-      b[j] = in ? __ldg(pw0 + j * kThreads) : 0.0f;
-      x[j] = (in && dot) ? __ldg(px + j * kThreads) : 0.0f;
-    }
+  for (int j = 0; j < kPerThread; ++j) {
+    const bool in = j * kThreads < left;
+    a[j] = in ? __ldg(p.w + base + j * kThreads) : 0.0f;
+    b[j] = in ? __ldg(p.w0 + base + j * kThreads) : 0.0f;
+    x[j] = (in && dot) ? __ldg(p.xi + base + j * kThreads) : 0.0f;
+  }
+}
+
+__device__ __forceinline__ void load_chunk(const Params& p, int64_t c, bool dot, float* a, float* b, float* x) {
+  if ((c + 1) * kChunk <= p.d)
+    load_full_chunk(p, c, dot, a, b, x);
+  else
+    load_partial_chunk(p, c, dot, a, b, x);
+}
+
+// Chunk table -> unit table: entry e = r m + b (row r, column b) gets its positive half's sum less
+// its negative half's (exact in int64), scaled back exactly; the chunk table is cleared.  The
+// chunk table interleaves the rows: signed bucket j of row r is at j * rows + r.  Thread t owns
+// the entries e = t, t + 256, ... (as in flush_unit), starting at row r0 = t / m, column
+// b0 = t mod m (computed once per block).
+__device__ __forceinline__ void add_chunk(double* acc, int* tab, int rows, int64_t rows_len, uint32_t m,
+                                          double scale, uint32_t r0, uint32_t b0) {
+  uint32_t r = r0, b = b0;
+  for (int64_t e = threadIdx.x; e < rows_len; e += kThreads) {
+    int* pos = tab + int64_t(b) * rows + r;
+    int* neg = pos + int64_t(m) * rows;
+    const int64_t v = int64_t(*pos) - int64_t(*neg);
+    *pos = 0;
+    *neg = 0;
+    acc[e] += static_cast<double>(v) * scale;
+    for (b += kThreads; b >= m; b -= m) ++r;
   }
 }
 
 // Unit table -> global memory (one slot per unit), non-finite codes applied and cleared; each
 // thread touches only the entries and flag words it owns.
-__device__ __forceinline__ void flush_unit(double* acc, const int* last, double last_scale, uint32_t* flags,
-                                           int64_t rows_len, float* dst, bool clear) {
+__device__ __forceinline__ void flush_unit(double* acc, uint32_t* flags, int64_t rows_len, float* dst, bool clear) {
   for (int64_t e = threadIdx.x; e < rows_len; e += kThreads) {
     uint32_t* fw = flag_word(flags, e);
     FDA_SHARED_PLAIN_ACCESS(fw);
     const uint32_t code = (*fw >> flag_shift(e)) & 3u;
-    const double v = last ? acc[e] + static_cast<double>(last[e]) * last_scale : acc[e];
-    dst[e] = unit_value(v, code);
+    dst[e] = unit_value(acc[e], code);
     if (clear) acc[e] = 0.0;
   }
   if (clear)
@@ -229,21 +284,53 @@ __device__ __forceinline__ void flush_unit(double* acc, const int* last, double 
     }
 }
 
+// The rare path of a chunk with inf or NaN terms (out of line: the chunk loop stays small): each
+// such term of thread t sets a code per row in its bucket's entry and becomes 0 in u; returns the
+// L1 norm of the finite terms (in j order).  t0c, t2c: the chunk's T0 and thread t's T2 entries.
+template <int NR, bool kWide>
+__device__ __noinline__ double flag_non_finite(float* u, const uint32_t* t0c, const uint32_t* t2c,
+                                               const uint32_t* t1, uint32_t m, uint32_t* flags) {
+  constexpr int NWP = padded_words(words_of(NR > 0 ? NR : 1, kWide));
+  double l1 = 0.0;
+  for (int j = 0; j < kPerThread; ++j) {
+    if (!(fabsf(u[j]) <= kFloatMax)) {
+      uint32_t x0[NWP], x2[NWP], v[NWP];
+      load_words<NWP>(t0c + j * NWP, x0);
+      load_words<NWP>(t2c + j * NWP, x2);
+#pragma unroll
+      for (int k = 0; k < NWP; ++k) v[k] = x0[k] ^ t1[k] ^ x2[k];
+      for (int r = 0; r < NR; ++r) {
+        const uint32_t sb = row_index_rt<kWide>(v, r, m);
+        const bool negative = sb >= m;
+        const uint32_t code = u[j] != u[j] ? kNaN : (u[j] > 0.0f) != negative ? kPosInf : kNegInf;
+        const int64_t e = int64_t(r) * m + (negative ? sb - m : sb);
+        atomicOr(flag_word(flags, e), code << flag_shift(e));
+      }
+      u[j] = 0.0f;
+    }
+    l1 += fabs(static_cast<double>(u[j]));
+  }
+  return l1;
+}
+
 // mode: 0 = the op, 1 = hashing without the scatter, 2 = scatter without hashing (benchmark build).
-template <int NR, int kMode>
+// kWide: sketch widths above hash::kNarrowMaxWidth (32-bit fields, a word per row).
+template <int NR, int kMode, bool kWide>
 __global__ void __launch_bounds__(kThreads, FDA_CUDA_MIN_BLOCKS) drift_state_kernel(const Params p) {
+  constexpr int NWP = padded_words(words_of(NR > 0 ? NR : 1, kWide));
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t m = p.width;
+  const uint32_t m2 = 2 * m, m2_lo = kWide ? 0 : m2 << 16;
   const int64_t rows_len = int64_t(NR) * m;
-  double* acc = reinterpret_cast<double*>(smem_raw);             // [NR * m] unit table (float64)
-  int* tab0 = reinterpret_cast<int*>(acc + (NR > 0 ? rows_len : 0));  // [NR * m] chunk table A
-  int* tab1 = tab0 + (NR > 0 ? rows_len : 0);                         // [NR * m] chunk table B
-  uint32_t* flags = reinterpret_cast<uint32_t*>(tab1 + (NR > 0 ? rows_len : 0));  // non-finite codes
-  __shared__ double red_l1[2][kWarps];
+  double* acc = reinterpret_cast<double*>(smem_raw);                  // [NR * m] unit table (float64)
+  int* tab0 = reinterpret_cast<int*>(acc + (NR > 0 ? rows_len : 0));  // [2m][NR] chunk table A
+  int* tab1 = tab0 + (NR > 0 ? 2 * rows_len : 0);                     // [2m][NR] chunk table B
+  uint32_t* flags = reinterpret_cast<uint32_t*>(tab1 + (NR > 0 ? 2 * rows_len : 0));  // non-finite codes
+  __shared__ double red_l1[2][kWarps], red_fin[kWarps];
   __shared__ int red_bad[2][kWarps];
   __shared__ double red_sq[kWarps], red_dt[kWarps];
 
-  // this block's units: a balanced contiguous range (its elements form one progression per thread)
+  // this block's units: a balanced contiguous range
   const int64_t u_begin = p.n_units * blockIdx.x / gridDim.x;
   const int64_t u_end = p.n_units * (blockIdx.x + 1) / gridDim.x;
   if (u_begin >= u_end) return;
@@ -251,30 +338,20 @@ __global__ void __launch_bounds__(kThreads, FDA_CUDA_MIN_BLOCKS) drift_state_ker
   const int64_t c_begin = u_begin * chunks_per_unit;
   const int64_t c_end = min(p.n_chunks, u_end * chunks_per_unit);
 
+  // element c * kChunk + t + 256 j has the characters a = c * kPerThread + j and b = t: thread t's
+  // T1 entry is one for all its elements; T0 (the same for the whole block) and T2 per element
+  const uint32_t r0 = NR > 0 ? threadIdx.x / m : 0, b0 = NR > 0 ? threadIdx.x % m : 0;  // t's first entry
+  uint32_t t1[NWP];
+  const uint32_t* T0 = p.tables;
+  const uint32_t* T2 = p.tables + (p.nh + hash::kLowSize + threadIdx.x) * NWP;
   if constexpr (NR > 0) {
-    for (int64_t e = threadIdx.x; e < rows_len; e += kThreads) {
-      acc[e] = 0.0;
+    load_words<NWP>(p.tables + (p.nh + threadIdx.x) * NWP, t1);
+    for (int64_t e = threadIdx.x; e < rows_len; e += kThreads) acc[e] = 0.0;
+    for (int64_t e = threadIdx.x; e < 2 * rows_len; e += kThreads) {
       tab0[e] = 0;
       tab1[e] = 0;
     }
     for (int64_t k = threadIdx.x; k < flag_words(rows_len); k += kThreads) flags[k] = 0;
-  }
-
-  // hash state of thread t at its first element x0: g, and its differences for step 256
-  uint32_t P[NR > 0 ? NR : 1], D1[NR > 0 ? NR : 1], D2[NR > 0 ? NR : 1];
-  if constexpr (NR > 0) {
-    const int64_t x0 = c_begin * kChunk + threadIdx.x;
-#pragma unroll
-    for (int r = 0; r < NR; ++r) {
-      uint32_t g[3];
-#pragma unroll
-      for (int k = 0; k < 3; ++k)
-        g[k] = hash::poly(p.a[r][0], p.a[r][1], p.a[r][2], p.a[r][3],
-                          static_cast<uint32_t>((x0 + int64_t(k) * kThreads) % hash::kPrime));
-      P[r] = g[0];
-      D1[r] = sub_mod(g[1], g[0]);
-      D2[r] = sub_mod(sub_mod(g[2], g[1]), D1[r]);
-    }
   }
   __syncthreads();
 
@@ -291,8 +368,7 @@ __global__ void __launch_bounds__(kThreads, FDA_CUDA_MIN_BLOCKS) drift_state_ker
     int* prev_tab = buf ? tab0 : tab1;
 
     float u[kPerThread];
-    double l1 = 0.0;  // the chunk's L1 norm over finite terms (fixed order)
-    bool bad = false;  // a non-finite term
+    double l1 = 0.0;  // the chunk's L1 norm (fixed order); inf or NaN after a non-finite term
 #pragma unroll
     for (int j = 0; j < kPerThread; ++j) {
       u[j] = nw[j] - nw0[j];
@@ -301,13 +377,9 @@ __global__ void __launch_bounds__(kThreads, FDA_CUDA_MIN_BLOCKS) drift_state_ker
         sq += ud * ud;
         if (dot) dt += static_cast<double>(nxi[j]) * ud;
       }
-      if constexpr (NR > 0) {
-        const bool fin = fabsf(u[j]) <= kFloatMax;  // false for inf and NaN
-        l1 += fin ? fabs(ud) : 0.0;
-        bad |= !fin;
-        u[j] = fin ? u[j] : 0.0f;  // a non-finite term is flagged, not scattered
-      }
+      if constexpr (NR > 0) l1 += fabs(ud);
     }
+    const bool bad = !(l1 <= 1.0e300);  // a non-finite term (16 finite ones sum to < 2^133)
     if (c + 1 < c_end) load_chunk(p, c + 1, dot, nw, nw0, nxi);
 
     if constexpr (NR > 0) {
@@ -317,18 +389,27 @@ __global__ void __launch_bounds__(kThreads, FDA_CUDA_MIN_BLOCKS) drift_state_ker
       int any_bad = 0;
 #pragma unroll
       for (int k = 0; k < kWarps; ++k) any_bad |= red_bad[buf][k];
-
       // flush the previous chunk's table into the unit table (owner threads, fixed order), and
       // the unit table to global memory when that chunk ended a unit
       if (c > c_begin) {
-        for (int64_t e = threadIdx.x; e < rows_len; e += kThreads) {
-          const int v = prev_tab[e];
-          prev_tab[e] = 0;
-          acc[e] += static_cast<double>(v) * prev_scale;
-        }
+        add_chunk(acc, prev_tab, NR, rows_len, m, prev_scale, r0, b0);
         if (c % chunks_per_unit == 0)
-          flush_unit(acc, nullptr, 0.0, flags, rows_len,
-                     p.sk_parts + (c / chunks_per_unit - 1) * p.S + int64_t(p.row0) * m, true);
+          flush_unit(acc, flags, rows_len, p.sk_parts + (c / chunks_per_unit - 1) * p.S + int64_t(p.row0) * m, true);
+      }
+
+      if (kMode == 0 && any_bad) {  // rare (uniform): a code per inf/NaN term and row
+        // The flush above reads and clears the flag words of the unit that just ended, each
+        // thread its own; this barrier keeps the codes of this chunk (the next unit) from landing
+        // in a word not yet read and cleared (a lost or misplaced code).
+        __syncthreads();
+        float uf[kPerThread];  // local memory, touched only here
+#pragma unroll
+        for (int j = 0; j < kPerThread; ++j) uf[j] = u[j];
+        const double l1f = flag_non_finite<NR, kWide>(uf, T0 + c * kPerThread * NWP, T2 + c * kPerThread * NWP,
+                                                      t1, m, flags);
+#pragma unroll
+        for (int j = 0; j < kPerThread; ++j) u[j] = uf[j];
+        l1 = block_sum_all(l1f, red_fin);
       }
 
       // scale: L1 < 2^e, s = 30 - e, so L1 * 2^s < 2^30 (s in [-111, 179] for finite float32 u)
@@ -339,50 +420,34 @@ __global__ void __launch_bounds__(kThreads, FDA_CUDA_MIN_BLOCKS) drift_state_ker
       const int s1 = s < 127 ? s : 127;
       const float f1 = ldexpf(1.0f, s1), f2 = ldexpf(1.0f, s - s1);
 
+      const uint32_t* t0c = T0 + c * kPerThread * NWP;
+      const uint32_t* t2c = T2 + c * kPerThread * NWP;
 #pragma unroll
       for (int j = 0; j < kPerThread; ++j) {
         const int q = __float2int_rn((u[j] * f1) * f2);  // |q| <= 2^30
-        const int mq = -q;
+        uint32_t v[NWP];
+        if constexpr (kMode != 2) {
+          uint32_t x0[NWP], x2[NWP];
+          load_words<NWP>(t0c + j * NWP, x0);
+          load_words<NWP>(t2c + j * NWP, x2);
+#pragma unroll
+          for (int k = 0; k < NWP; ++k) v[k] = x0[k] ^ t1[k] ^ x2[k];
+        }
 #pragma unroll
         for (int r = 0; r < NR; ++r) {
           if constexpr (kMode == 2) {  // bench: a cheap pseudo-random bucket instead of the hash
             const uint32_t x = static_cast<uint32_t>(c * kChunk + threadIdx.x + j * kThreads) * 0x9E3779B9u + r;
-            atomicAdd(tab + r * m + __umulhi(x, m), q);
+            atomicAdd(tab + __umulhi(x, m2) * NR + r, q);
           } else {
-            const uint32_t g = P[r];
-            P[r] = hash::add_mod(P[r], D1[r]);
-            D1[r] = hash::add_mod(D1[r], D2[r]);
-            D2[r] = hash::add_mod(D2[r], p.d3[r]);
-            const int v = signed_term(g, q, mq);
-            const uint32_t b = bucket_index(g, p.width2, r * m);
+            const uint32_t e = row_index<kWide>(v, r, m2, m2_lo);
             if constexpr (kMode == 1)
-              sink += b ^ static_cast<uint32_t>(v);
+              sink += e;
             else
-              atomicAdd(tab + b, v);
+              atomicAdd(tab + e * NR + r, q);  // rows interleaved: r is the address's immediate
           }
         }
       }
 
-      if (kMode == 0 && any_bad) {  // rare: a code per inf/NaN term and row
-        // The flush above reads and clears the flag words of the unit that just ended, each
-        // thread its own; this barrier keeps the codes of this chunk (the next unit) from landing
-        // in a word not yet read and cleared (a lost or misplaced code).
-        __syncthreads();
-#pragma unroll 1
-        for (int j = 0; j < kPerThread; ++j) {
-          const int64_t x = c * kChunk + threadIdx.x + int64_t(j) * kThreads;
-          const float uj = x < p.d ? p.w[x] - p.w0[x] : 0.0f;  // reloaded: keeps u out of registers
-          if (fabsf(uj) <= kFloatMax) continue;
-#pragma unroll 1
-          for (int r = 0; r < NR; ++r) {
-            const uint32_t g = hash::poly(p.a[r][0], p.a[r][1], p.a[r][2], p.a[r][3],
-                                          static_cast<uint32_t>(x % hash::kPrime));
-            const uint32_t code = uj != uj ? kNaN : (uj > 0.0f) != ((g & 1u) != 0) ? kPosInf : kNegInf;
-            const int64_t e = int64_t(r) * m + hash::bucket(g, m);
-            atomicOr(flag_word(flags, e), code << flag_shift(e));
-          }
-        }
-      }
     }
 
     // end of a norm tile: its partial, in a fixed order
@@ -415,12 +480,12 @@ __global__ void __launch_bounds__(kThreads, FDA_CUDA_MIN_BLOCKS) drift_state_ker
 
   if constexpr (NR > 0) {  // the last chunk's table, and the block's last unit
     __syncthreads();
-    const int* last = (c_end - 1) & 1 ? tab1 : tab0;
+    add_chunk(acc, (c_end - 1) & 1 ? tab1 : tab0, NR, rows_len, m, prev_scale, r0, b0);
     float* dst = p.sk_parts + (u_end - 1) * p.S + int64_t(p.row0) * m;
     if constexpr (kMode == 1) {
       for (int64_t e = threadIdx.x; e < rows_len; e += kThreads) dst[e] = static_cast<float>(sink & 1u);
     } else {
-      flush_unit(acc, last, prev_scale, flags, rows_len, dst, false);
+      flush_unit(acc, flags, rows_len, dst, false);
     }
   }
 }
@@ -489,15 +554,24 @@ Plan make_plan(int64_t d, int depth, uint32_t width) {
 
 size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 
-size_t scratch_bytes(const Plan& pl) {
-  return align256(sizeof(double) * 2 * pl.n_tiles) + align256(sizeof(float) * pl.n_units * pl.S);
+// Hash tables of a launch of at most `rows` rows: T0, T1 and T2 for d elements.
+size_t hash_table_bytes(int64_t d, int rows, uint32_t width) {
+  if (rows == 0) return 0;
+  const int64_t entries = hash::high_entries(d) + hash::kLowSize + hash::sum_entries(d);
+  return sizeof(uint32_t) * size_t(entries) * padded_words(words_of(rows, !hash::narrow(width)));
+}
+
+size_t scratch_bytes(const Plan& pl, int64_t d, int depth, uint32_t width) {
+  return align256(sizeof(double) * 2 * pl.n_tiles) + align256(sizeof(float) * pl.n_units * pl.S) +
+         hash_table_bytes(d, std::min(depth, kMaxRows), width);
 }
 
 // Dynamic shared memory of a launch of `rows` rows: the unit table (8 bytes an entry), two chunk
-// tables (4 + 4) and the non-finite codes (1 KB per 4096 entries).
+// tables of a positive and a negative half (2 x 2 x 4) and the non-finite codes (1 KB per 4096
+// entries).
 size_t table_bytes(int rows, uint32_t width) {
   const int64_t entries = int64_t(rows) * width;
-  return rows > 0 ? size_t(entries) * 16 + sizeof(uint32_t) * size_t(flag_words(entries)) : 0;
+  return rows > 0 ? size_t(entries) * 24 + sizeof(uint32_t) * size_t(flag_words(entries)) : 0;
 }
 
 // Blocks of `kern` per SM for `smem` bytes of dynamic shared memory.  The opt-in attribute is set
@@ -540,9 +614,9 @@ int64_t forced_grid() {
   return v > 0 ? v : 0;
 }
 
-template <int NR, int kMode>
+template <int NR, int kMode, bool kWide>
 cudaError_t launch_pass(const Params& p, cudaStream_t stream) {
-  const void* kern = reinterpret_cast<const void*>(&drift_state_kernel<NR, kMode>);
+  const void* kern = reinterpret_cast<const void*>(&drift_state_kernel<NR, kMode, kWide>);
   const size_t smem = table_bytes(NR, p.width);
   cudaError_t err = cudaSuccess;
   int per_sm = blocks_per_sm(kern, smem, &err);
@@ -560,30 +634,48 @@ cudaError_t launch_pass(const Params& p, cudaStream_t stream) {
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   // the launch's own status (not an earlier asynchronous error, as cudaGetLastError could be)
-  return cudaLaunchKernelEx(&cfg, drift_state_kernel<NR, kMode>, p);
+  return cudaLaunchKernelEx(&cfg, drift_state_kernel<NR, kMode, kWide>, p);
 }
 
-cudaError_t launch_any(int nr, int mode, const Params& p, cudaStream_t stream) {
+template <bool kWide>
+cudaError_t launch_rows(int nr, int mode, const Params& p, cudaStream_t stream) {
   if (mode != 0) {  // profiling variants (benchmark build only): l = 5 only (compile time)
 #ifdef FDA_PROFILING
     if (nr != kProfileRows) return cudaErrorInvalidValue;
-    return mode == 1 ? launch_pass<kProfileRows, 1>(p, stream) : launch_pass<kProfileRows, 2>(p, stream);
+    return mode == 1 ? launch_pass<kProfileRows, 1, kWide>(p, stream) : launch_pass<kProfileRows, 2, kWide>(p, stream);
 #else
     return cudaErrorInvalidValue;
 #endif
   }
   switch (nr) {
-    case 0: return launch_pass<0, 0>(p, stream);  // norms only
-    case 1: return launch_pass<1, 0>(p, stream);
-    case 2: return launch_pass<2, 0>(p, stream);
-    case 3: return launch_pass<3, 0>(p, stream);
-    case 4: return launch_pass<4, 0>(p, stream);
-    case 5: return launch_pass<5, 0>(p, stream);
-    case 6: return launch_pass<6, 0>(p, stream);
-    case 7: return launch_pass<7, 0>(p, stream);
-    case 8: return launch_pass<8, 0>(p, stream);
+    case 0: return launch_pass<0, 0, kWide>(p, stream);  // norms only
+    case 1: return launch_pass<1, 0, kWide>(p, stream);
+    case 2: return launch_pass<2, 0, kWide>(p, stream);
+    case 3: return launch_pass<3, 0, kWide>(p, stream);
+    case 4: return launch_pass<4, 0, kWide>(p, stream);
+    case 5: return launch_pass<5, 0, kWide>(p, stream);
+    case 6: return launch_pass<6, 0, kWide>(p, stream);
+    case 7: return launch_pass<7, 0, kWide>(p, stream);
+    case 8: return launch_pass<8, 0, kWide>(p, stream);
     default: return cudaErrorInvalidValue;
   }
+}
+
+cudaError_t launch_any(int nr, int mode, const Params& p, cudaStream_t stream) {
+  return hash::narrow(p.width) || nr == 0 ? launch_rows<false>(nr, mode, p, stream)
+                                          : launch_rows<true>(nr, mode, p, stream);
+}
+
+// The hash tables of rows row0 .. row0 + nr - 1 into p.tables (make_tables_kernel).
+cudaError_t launch_tables(const Params& p, uint64_t seed, int nr, cudaStream_t stream) {
+  const bool wide = !hash::narrow(p.width);
+  const int64_t n = 2 * p.nh + 2 * int64_t(hash::kLowSize) - 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(ceil_div(n, 256)));
+  cfg.blockDim = dim3(256);
+  cfg.stream = stream;
+  return cudaLaunchKernelEx(&cfg, make_tables_kernel, seed, p.row0, nr, static_cast<int>(wide),
+                            padded_words(words_of(nr, wide)), p.nh, const_cast<uint32_t*>(p.tables));
 }
 
 // Shared memory a block may have beyond the dynamic tables: the kernels' static arrays (320
@@ -599,7 +691,7 @@ int rows_per_launch(uint32_t width, int smem_optin) {
 }  // namespace
 
 size_t drift_state_cuda_scratch_bytes(int64_t d, int depth, uint32_t width) {
-  return scratch_bytes(make_plan(d, depth, width));
+  return scratch_bytes(make_plan(d, depth, width), d, depth, width);
 }
 
 int64_t drift_state_cuda_max_width(int device) {
@@ -607,7 +699,7 @@ int64_t drift_state_cuda_max_width(int device) {
   if (cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
     return 0;
   const int64_t room = int64_t(smem_optin) - kStaticReserve;
-  int64_t w = std::max<int64_t>(0, room / 16);  // an upper bound (codes aside), then down to a fit
+  int64_t w = std::max<int64_t>(0, room / 24);  // an upper bound (codes aside), then down to a fit
   while (w > 0 && int64_t(table_bytes(1, static_cast<uint32_t>(w))) > room) --w;
   return w;
 }
@@ -634,10 +726,14 @@ cudaError_t launch_drift_state_cuda(const float* w, const float* w0, const float
   p.n_tiles = pl.n_tiles;
   p.n_units = pl.n_units;
   p.width = width;
-  p.width2 = 2u * width;
   p.S = pl.S;
-  p.norm_parts = static_cast<double*>(scratch);
-  p.sk_parts = reinterpret_cast<float*>(static_cast<char*>(scratch) + align256(sizeof(double) * 2 * pl.n_tiles));
+  char* base = static_cast<char*>(scratch);
+  p.norm_parts = reinterpret_cast<double*>(base);
+  base += align256(sizeof(double) * 2 * pl.n_tiles);
+  p.sk_parts = reinterpret_cast<float*>(base);
+  base += align256(sizeof(float) * pl.n_units * pl.S);
+  p.tables = reinterpret_cast<const uint32_t*>(base);
+  p.nh = hash::high_entries(d);
 
   const int per_launch = depth > 0 ? rows_per_launch(width, smem_optin) : 0;
   if (depth > 0 && per_launch < 1) return cudaErrorInvalidValue;  // the op checks the width first
@@ -646,12 +742,7 @@ cudaError_t launch_drift_state_cuda(const float* w, const float* w0, const float
     const int nr = std::min(per_launch, depth - row0);
     p.row0 = row0;
     p.norms = row0 == 0;
-    for (int r = 0; r < nr; ++r) {
-      for (int k = 0; k < 4; ++k) p.a[r][k] = hash::coefficient(seed, uint64_t(row0 + r), uint64_t(k));
-      // third difference of a cubic for step h: 6 a3 h^3 (mod p)
-      const uint64_t h3 = (uint64_t(kThreads) * kThreads * kThreads) % hash::kPrime;
-      p.d3[r] = hash::mod_p(uint64_t(hash::mod_p(6ull * p.a[r][3])) * h3);
-    }
+    if (nr > 0 && (err = launch_tables(p, seed, nr, stream)) != cudaSuccess) return err;
     err = launch_any(nr, mode, p, stream);
     if (err != cudaSuccess) return err;
     row0 += nr;

@@ -3,20 +3,26 @@
 // ONE definition used by every backend (and mirrored bit-for-bit by
 // fda/kernels/reference.py), so that all ranks and all backends agree.
 //
-// Family (per sketch row r):
-//   p      = 2^31 - 1 (Mersenne prime)
-//   g_r(i) = a3*x^3 + a2*x^2 + a1*x + a0  (mod p),  x = i  (0 <= i < p)
-//   sign   s_r(i) = +1 if (g & 1) == 0 else -1            (bit 0 of g)
-//   bucket h_r(i) = ((g >> 1) * m) >> 30                  (bits 1..30 of g)
-// The coefficients a0..a3 are uniform in [0, p), so g_r is a 4-wise independent
-// function [p] -> [p]; the pair (s_r, h_r) is therefore jointly 4-wise
-// independent (up to the O(2^-30) rounding of the range reduction), which
-// implies the classical requirement (s 4-wise, h 2-wise independent).
+// Family: tabulation hashing with a derived character (Thorup and Zhang, "Tabulation-based
+// 5-independent hashing with applications to linear probing and second moment estimation",
+// SIAM J. Comput. 41(2), 2012).  Index i (< 2^31) is split into the characters a = i >> 8 and
+// b = i & 255; row r's 32-bit value is
+//   v_r(i) = T0_r[a] ^ T1_r[b] ^ T2_r[a + b]          (a + b as an integer, no carry dropped)
+// With fully random tables this is 5-independent (4-independence is what the AMS estimator's
+// variance needs: tests/kernels/test_drift_state.py checks the combinatorial condition behind it).
+// Each row has tables of its own, so the rows are independent of each other.
 //
-// Coefficients come from splitmix64 in random-access form:
-//   a_k(r) = splitmix64_mix(seed + (4*r + k + 1) * 0x9E3779B97F4A7C15) mod p
-// i.e. the (4r+k+1)-th output of a splitmix64 generator seeded with `seed`.
-// Row r's coefficients do not depend on the sketch depth.
+// Table entries come from splitmix64 in random-access form: rows 2p and 2p + 1 take the low and
+// the high half of
+//   splitmix64_mix(seed + (1 + k + 2^32 (3 p + t)) * 0x9E3779B97F4A7C15)
+// for entry k of table t (0, 1, 2).  Row r's hash does not depend on the depth or on d.
+//
+// Sign and bucket from a field f of v: F = 16 bits (v & 0xFFFF) when m <= kNarrowMaxWidth
+// ("narrow"), else F = 32 (all of v).  The top bit of f is the sign (1 = -1), the F - 1 bits
+// below it give the bucket by a multiply-shift, and both come out of one multiply-high:
+//   e = (f * 2m) >> F = sign * m + bucket,  bucket = ((f mod 2^(F-1)) * m) >> (F - 1)
+// e indexes a table of 2m entries, the positive terms' half and the negative terms' half.  For
+// m <= 4096 at least 8 field values fall in every bucket, so the buckets stay close to uniform.
 #pragma once
 
 #include <stdint.h>
@@ -30,8 +36,11 @@
 namespace fda {
 namespace hash {
 
-constexpr uint32_t kPrime = 0x7FFFFFFFu;  // 2^31 - 1
 constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;
+constexpr int kLowBits = 8;                     // b = i & 255, a = i >> 8
+constexpr uint32_t kLowSize = 1u << kLowBits;   // entries of T1
+constexpr uint32_t kNarrowMaxWidth = 4096;      // widths with 16-bit fields
+constexpr int64_t kMaxIndex = int64_t(1) << 31;  // indices hashed: i < 2^31
 
 // splitmix64 finaliser (Steele, Lea, Flood 2014).
 FDA_HD uint64_t splitmix64_mix(uint64_t z) {
@@ -40,45 +49,34 @@ FDA_HD uint64_t splitmix64_mix(uint64_t z) {
   return z ^ (z >> 31);
 }
 
-// Coefficient k (0..3, a_k multiplies x^k) of sketch row r.
-FDA_HD uint32_t coefficient(uint64_t seed, uint64_t row, uint64_t k) {
-  return static_cast<uint32_t>(splitmix64_mix(seed + (4 * row + k + 1) * kGolden) % kPrime);
+// Entry k of table t for the row pair p: row 2p in the low 32 bits, row 2p + 1 in the high ones.
+FDA_HD uint64_t table_pair(uint64_t seed, uint64_t pair, uint64_t t, uint64_t k) {
+  return splitmix64_mix(seed + (1 + k + ((3 * pair + t) << 32)) * kGolden);
 }
 
-// x mod p for x < 2^64 - 2^33 (folding twice is enough for x < 2^62 + 2^32).
-FDA_HD uint32_t mod_p(uint64_t x) {
-  x = (x & kPrime) + (x >> 31);
-  x = (x & kPrime) + (x >> 31);
-  return static_cast<uint32_t>(x >= kPrime ? x - kPrime : x);
+// Entry k of table t of row r.
+FDA_HD uint32_t table_entry(uint64_t seed, uint64_t row, uint64_t t, uint64_t k) {
+  return static_cast<uint32_t>(table_pair(seed, row >> 1, t, k) >> (32 * (row & 1)));
 }
 
-// (a + b) mod p for a, b < p: computed in 32 bits, branch-free (vectorises to
-// add + sub + unsigned min).
-FDA_HD uint32_t add_mod(uint32_t a, uint32_t b) {
-  const uint32_t s = a + b;       // < 2^32, no overflow
-  const uint32_t t = s - kPrime;  // wraps to a huge value when s < p
-  return s < t ? s : t;
+// Entries of T0 and T2 a vector of d elements needs (T1 has kLowSize).
+FDA_HD int64_t high_entries(int64_t d) { return (d + kLowSize - 1) >> kLowBits; }
+FDA_HD int64_t sum_entries(int64_t d) { return high_entries(d) + kLowSize - 1; }
+
+FDA_HD bool narrow(uint32_t m) { return m <= kNarrowMaxWidth; }
+
+// Signed bucket e = sign * m + bucket in [0, 2m) of row value v.
+FDA_HD uint32_t signed_bucket(uint32_t v, uint32_t m) {
+  const uint64_t m2 = 2ull * m;
+  return narrow(m) ? static_cast<uint32_t>(((v & 0xFFFFu) * m2) >> 16)
+                   : static_cast<uint32_t>((v * m2) >> 32);
 }
 
-// g(x) = ((a3 x + a2) x + a1) x + a0 mod p, x < p, a_k < p.
-FDA_HD uint32_t poly(uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t x) {
-  uint32_t t = a3;
-  t = mod_p(static_cast<uint64_t>(t) * x + a2);
-  t = mod_p(static_cast<uint64_t>(t) * x + a1);
-  t = mod_p(static_cast<uint64_t>(t) * x + a0);
-  return t;
+// Row r's value at index i, computed from the seed (the kernels read it from tables instead).
+FDA_HD uint32_t value(uint64_t seed, uint64_t row, uint64_t i) {
+  const uint64_t a = i >> kLowBits, b = i & (kLowSize - 1);
+  return table_entry(seed, row, 0, a) ^ table_entry(seed, row, 1, b) ^ table_entry(seed, row, 2, a + b);
 }
-
-// Bucket in [0, m) from bits 1..30 of g (multiply-shift range reduction).
-FDA_HD uint32_t bucket(uint32_t g, uint32_t m) {
-  return static_cast<uint32_t>((static_cast<uint64_t>(g >> 1) * m) >> 30);
-}
-
-// The sign as an IEEE-754 sign-bit mask: 0 (+1) or 0x80000000 (-1).
-FDA_HD uint32_t sign_mask(uint32_t g) { return g << 31; }
-
-// Sign as +1 / -1.
-FDA_HD int sign(uint32_t g) { return 1 - 2 * static_cast<int>(g & 1u); }
 
 }  // namespace hash
 }  // namespace fda
