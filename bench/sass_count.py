@@ -11,7 +11,9 @@ disassembles the cubin (cuobjdump -sass) and reads the kernel for l = 5 rows (dr
   them.  It holds the per-row work (three modular additions of the hash, the bucket, the sign, the
   atomic) and whatever per-element work the compiler scheduled among them.
 * per element in all: the chunk loop's instructions (each counted once, as written in the
-  machine code) less its rare paths, divided by the elements per thread and chunk.  A rare path is
+  machine code) less its rare paths, divided by the elements per thread and chunk; and the same
+  on a full chunk, less the bounds-tested loads of a partial chunk (the arm of an if/else holding
+  predicated global loads, which only the vector's last chunk runs).  A rare path is
   the smallest region a forward branch skips that stores to global memory (the end of a norm tile
   or of a unit) or handles non-finite terms.  The block's prologue and epilogue (once per block)
   are left out; the flush of a chunk table (ceil(l m / 256) entries per thread) counts once.
@@ -38,7 +40,7 @@ CSRC = REPO / "src/fda/kernels/csrc"
 ROWS, WIDTH, THREADS = 5, 250, 256
 NVCC_FLAGS = ["-cubin", "-arch=sm_90", "-O3", "--fmad=false", "-std=c++17"]
 INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P[0-7T]\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
-KERNEL = re.compile(r"Function : (\S*drift_state_kernelILi(\d+)ELi0ELb0E\S*)")
+KERNEL = re.compile(r"Function : (\S*drift_state_kernelILi(\d+)ELi0E(?:Lb0E)?E\S*)")
 RARE = ("STG", "ATOMS.CAS", "ATOMS.OR", "ATOMS.POPC", "RED.", "ATOM.", "ATOMG")
 
 
@@ -161,6 +163,23 @@ def rare_ranges(insns: list[Insn], lo: int, hi: int) -> list[tuple[int, int]]:
     return merged
 
 
+def partial_load_path(insns: list[Insn], lo: int, hi: int, per_thread: int) -> set[int]:
+    """The bounds-tested loads of a partial chunk (only the vector's last chunk runs them): the arm
+    of an if/else in the loop, skipped by an unconditional forward branch, that holds at least
+    `per_thread` predicated global loads and no atomics."""
+    index = {i.addr: k for k, i in enumerate(insns)}
+    for k in range(lo, hi + 1):
+        i = insns[k]
+        t = i.target
+        if i.pred or t is None or t <= i.addr or t not in index or index[t] > hi + 1:
+            continue
+        arm = range(k + 1, index[t])
+        loads = sum(insns[j].pred != "" and insns[j].op.startswith("LDG") for j in arm)
+        if loads >= per_thread and not any(insns[j].op.startswith("ATOM") for j in arm):
+            return set(arm)
+    return set()
+
+
 def count(insns: list[Insn], per_thread: int) -> dict:
     lo, hi = main_loop(insns)
     rare = rare_ranges(insns, lo, hi)
@@ -168,6 +187,7 @@ def count(insns: list[Insn], per_thread: int) -> dict:
     for a, b in rare:
         in_rare.update(range(a, b + 1))
     common = sum(1 for k in range(lo, hi + 1) if k not in in_rare)
+    partial = partial_load_path(insns, lo, hi, per_thread) - in_rare
     scatter_n = scatter_atomics = 0
     for a, b in blocks(insns):
         n_at = sum(is_scatter_atomic(x) for x in insns[a:b + 1])
@@ -177,6 +197,7 @@ def count(insns: list[Insn], per_thread: int) -> dict:
     return {
         "kernel_insns": len(insns), "loop_insns": hi - lo + 1, "rare_insns": len(in_rare),
         "common_path_per_chunk": common, "per_element": common / per_thread,
+        "partial_load_insns": len(partial), "full_chunk_per_element": (common - len(partial)) / per_thread,
         "scatter_insns": scatter_n, "scatter_atomics": scatter_atomics,
         "per_element_row": scatter_n / max(1, scatter_atomics),
     }
@@ -200,9 +221,11 @@ def main() -> None:
     c = count(kernel_insns(sass, ROWS), per_thread_of(args.cu))
     line = (f"| {args.label} | {c['scatter_insns']} / {c['scatter_atomics']} = {c['per_element_row']:.2f} "
             f"| {c['common_path_per_chunk']} / {per_thread_of(args.cu)} = {c['per_element']:.1f} "
-            f"| {c['loop_insns']} | {c['rare_insns']} | {c['kernel_insns']} |")
+            f"| {c['full_chunk_per_element']:.1f} "
+            f"| {c['loop_insns']} | {c['rare_insns']} | {c['partial_load_insns']} | {c['kernel_insns']} |")
     print("sass_count (sm_90, drift_state_kernel<5, 0>, m = 250): scatter per element-row "
-          f"{c['per_element_row']:.2f}, per element in all {c['per_element']:.1f}")
+          f"{c['per_element_row']:.2f}, per element in all {c['per_element']:.1f} "
+          f"({c['full_chunk_per_element']:.1f} on a full chunk)")
     print(line)
     if args.out:
         if not args.out.exists():
@@ -222,8 +245,8 @@ HEADER = """# sm_90 SASS of the drift-state kernel (l = 5, m = 250, with xi)
 
 Written by `bench/sass_count.py` (see its docstring for what is counted).  nvcc 13.0, -O3 --fmad=false.
 
-| version | scatter: insns / atomics = per element-row | chunk loop less rare paths / elements per thread = per element | chunk loop (static) | rare paths in it | kernel (static) |
-| --- | --- | --- | --- | --- | --- |
+| version | scatter: insns / atomics = per element-row | chunk loop less rare paths / elements per thread = per element | per element on a full chunk | chunk loop (static) | rare paths in it | partial chunk's loads | kernel (static) |
+| --- | --- | --- | --- | --- | --- | --- | --- |
 """
 
 if __name__ == "__main__":

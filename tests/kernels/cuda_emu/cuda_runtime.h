@@ -278,6 +278,7 @@ inline int __any_sync(unsigned, int pred) {
 template <class T>
 inline T __ldg(const T* p) { return *p; }
 inline unsigned __umulhi(unsigned a, unsigned b) { return static_cast<unsigned>((uint64_t(a) * b) >> 32); }
+inline double __fma_rn(double a, double b, double c) { return ::fma(a, b, c); }
 inline int __float2int_rn(float x) { return static_cast<int>(nearbyintf(x)); }
 template <class T>
 inline T atomicAdd(T* p, T v) {  // one OS thread: no concurrency

@@ -337,6 +337,9 @@ __global__ void __launch_bounds__(kThreads, FDA_CUDA_MIN_BLOCKS) drift_state_ker
   const int64_t chunks_per_unit = p.chunks_per_tile * p.tiles_per_unit;
   const int64_t c_begin = u_begin * chunks_per_unit;
   const int64_t c_end = min(p.n_chunks, u_end * chunks_per_unit);
+  // the unit and the tile under way, and the chunks where they end (no divisions in the loop)
+  int64_t unit = u_begin, unit_end = c_begin + chunks_per_unit;
+  int64_t tile = u_begin * p.tiles_per_unit, tile_end = c_begin + p.chunks_per_tile;
 
   // element c * kChunk + t + 256 j has the characters a = c * kPerThread + j and b = t: thread t's
   // T1 entry is one for all its elements; T0 (the same for the whole block) and T2 per element
@@ -373,10 +376,10 @@ __global__ void __launch_bounds__(kThreads, FDA_CUDA_MIN_BLOCKS) drift_state_ker
     for (int j = 0; j < kPerThread; ++j) {
       u[j] = nw[j] - nw0[j];
       const double ud = static_cast<double>(u[j]);
-      if (p.norms) {
-        sq += ud * ud;
-        if (dot) dt += static_cast<double>(nxi[j]) * ud;
-      }
+      // one rounding each (fused, whatever --fmad says); without xi nxi is 0, and without the
+      // norms (a later row group) nothing reads sq and dt: no branches in the element loop
+      sq = __fma_rn(ud, ud, sq);
+      dt = __fma_rn(static_cast<double>(nxi[j]), ud, dt);
       if constexpr (NR > 0) l1 += fabs(ud);
     }
     const bool bad = !(l1 <= 1.0e300);  // a non-finite term (16 finite ones sum to < 2^133)
@@ -393,8 +396,11 @@ __global__ void __launch_bounds__(kThreads, FDA_CUDA_MIN_BLOCKS) drift_state_ker
       // the unit table to global memory when that chunk ended a unit
       if (c > c_begin) {
         add_chunk(acc, prev_tab, NR, rows_len, m, prev_scale, r0, b0);
-        if (c % chunks_per_unit == 0)
-          flush_unit(acc, flags, rows_len, p.sk_parts + (c / chunks_per_unit - 1) * p.S + int64_t(p.row0) * m, true);
+        if (c == unit_end) {  // the previous chunk ended unit `unit`
+          flush_unit(acc, flags, rows_len, p.sk_parts + unit * p.S + int64_t(p.row0) * m, true);
+          ++unit;
+          unit_end += chunks_per_unit;
+        }
       }
 
       if (kMode == 0 && any_bad) {  // rare (uniform): a code per inf/NaN term and row
@@ -451,7 +457,7 @@ __global__ void __launch_bounds__(kThreads, FDA_CUDA_MIN_BLOCKS) drift_state_ker
     }
 
     // end of a norm tile: its partial, in a fixed order
-    if (p.norms && ((c + 1) % p.chunks_per_tile == 0 || c + 1 == p.n_chunks)) {
+    if (p.norms && (c + 1 == tile_end || c + 1 == p.n_chunks)) {
       for (int off = 16; off > 0; off >>= 1) {
         sq += __shfl_down_sync(0xffffffffu, sq, off);
         dt += __shfl_down_sync(0xffffffffu, dt, off);
@@ -468,13 +474,14 @@ __global__ void __launch_bounds__(kThreads, FDA_CUDA_MIN_BLOCKS) drift_state_ker
           s1 += red_sq[k];
           s2 += red_dt[k];
         }
-        const int64_t tile = c / p.chunks_per_tile;
         p.norm_parts[2 * tile] = s1;
-        p.norm_parts[2 * tile + 1] = s2;
+        p.norm_parts[2 * tile + 1] = dot ? s2 : 0.0;  // 0 * inf would be NaN without xi
       }
       __syncthreads();  // red_sq is reused by the next tile
       sq = 0.0;
       dt = 0.0;
+      ++tile;
+      tile_end += p.chunks_per_tile;
     }
   }
 
