@@ -4,6 +4,9 @@
 // `static` (blocks run one at a time, so a static is one block's shared memory).
 #include "cuda_runtime.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 namespace fda {
 namespace {
 alignas(16) unsigned char smem_raw[256 * 1024];  // the kernels' dynamic shared memory
@@ -18,9 +21,20 @@ int emu_drift_state(const float* w, const float* w0, const float* xi, int64_t d,
                     uint64_t seed, int mode, double* out) {
   emu::dyn_smem = fda::smem_raw;
   emu::dyn_smem_size = sizeof(fda::smem_raw);
-  std::vector<unsigned char> scratch(fda::drift_state_cuda_scratch_bytes(d, depth, width) + 16, 0x5A);
-  return static_cast<int>(fda::launch_drift_state_cuda(w, w0, xi, d, depth, width, seed, mode,
-                                                       scratch.data(), out, nullptr));
+  // scratch ends (to within 15 bytes) at an inaccessible page: a read past it crashes the test
+  const size_t bytes = (fda::drift_state_cuda_scratch_bytes(d, depth, width) + 15) / 16 * 16;
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t span = (bytes + page - 1) / page * page;
+  auto* base = static_cast<unsigned char*>(mmap(nullptr, span + page, PROT_READ | PROT_WRITE,
+                                                MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  if (base == MAP_FAILED) return -1;
+  mprotect(base + span, page, PROT_NONE);
+  unsigned char* scratch = base + span - bytes;
+  memset(scratch, 0x5A, bytes);
+  const int rc = static_cast<int>(fda::launch_drift_state_cuda(w, w0, xi, d, depth, width, seed, mode,
+                                                               scratch, out, nullptr));
+  munmap(base, span + page);
+  return rc;
 }
 // Races found by the check in cuda_runtime.h since the last call (and forgets them).
 long long emu_take_races() {

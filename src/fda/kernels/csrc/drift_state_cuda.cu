@@ -561,10 +561,15 @@ Plan make_plan(int64_t d, int depth, uint32_t width) {
 
 size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 
+// T0's entries on the GPU: every chunk's, the last one's whole too (its elements past d read
+// entries of their own, whose values do not matter: their terms are 0), so T0 and T2 are read
+// within bounds.
+int64_t gpu_high_entries(int64_t d) { return ceil_div(d, kChunk) * kPerThread; }
+
 // Hash tables of a launch of at most `rows` rows: T0, T1 and T2 for d elements.
 size_t hash_table_bytes(int64_t d, int rows, uint32_t width) {
   if (rows == 0) return 0;
-  const int64_t entries = hash::high_entries(d) + hash::kLowSize + hash::sum_entries(d);
+  const int64_t entries = 2 * gpu_high_entries(d) + 2 * int64_t(hash::kLowSize) - 1;
   return sizeof(uint32_t) * size_t(entries) * padded_words(words_of(rows, !hash::narrow(width)));
 }
 
@@ -740,7 +745,7 @@ cudaError_t launch_drift_state_cuda(const float* w, const float* w0, const float
   p.sk_parts = reinterpret_cast<float*>(base);
   base += align256(sizeof(float) * pl.n_units * pl.S);
   p.tables = reinterpret_cast<const uint32_t*>(base);
-  p.nh = hash::high_entries(d);
+  p.nh = gpu_high_entries(d);
 
   const int per_launch = depth > 0 ? rows_per_launch(width, smem_optin) : 0;
   if (depth > 0 && per_launch < 1) return cudaErrorInvalidValue;  // the op checks the width first
